@@ -1,0 +1,183 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+use crate::reputation::Reputation;
+
+struct Facts {
+    lists: Vec<Vec<IpAddr>>,
+    tor: Vec<IpAddr>,
+}
+
+impl LocalFacts for Facts {
+    fn in_list(&self, index: usize, ip: IpAddr) -> bool {
+        self.lists.get(index).is_some_and(|l| l.contains(&ip))
+    }
+    fn tagged(&self, tag: FeedTag, ip: IpAddr) -> bool {
+        tag == FeedTag::Tor && self.tor.contains(&ip)
+    }
+}
+
+const RULES: &str = r#"
+lists:
+  feeds:
+    - { name: tor-exits, source: /dev/null, tag: tor }
+    - { name: partners, source: /dev/null }
+rules:
+  - { name: partners, when: { in_list: partners }, action: allow }
+  - { name: allow-scanners, when: { status: safe }, action: allow }
+  - { name: block-threats, when: { status: threat }, action: block }
+  - { name: block-score, when: { score_above: 70 }, action: block }
+  - { name: block-tor, when: { tor: true }, action: block }
+  - { name: block-vpn, when: { vpn: true }, action: block }
+  - { name: block-c2-ru, when: { class: [c2], country: [RU, Russia] }, action: block }
+  - { name: ipswamp-only, when: { provider: ipswamp, score_above: 50 }, action: block }
+  - { name: not-us, when: { asn: [64496], not: { country: US } }, action: block }
+default: allow
+"#;
+
+fn policy() -> Policy {
+    let cfg = crate::Config::from_yaml(RULES, "test").unwrap();
+    Policy::compile(&cfg, &|n| match n {
+        "tor-exits" => Some(0),
+        "partners" => Some(1),
+        _ => None,
+    })
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn facts() -> Facts {
+    Facts { lists: vec![vec![ip("198.51.100.9")], vec![ip("192.0.2.1")]], tor: vec![ip("198.51.100.9")] }
+}
+
+fn rep(f: impl FnOnce(&mut Reputation)) -> Lookup {
+    let mut r = Reputation::unknown("iocscout");
+    f(&mut r);
+    Lookup { answers: vec![r], errors: vec![], cached: false }
+}
+
+fn decide(p: &Policy, addr: &str, l: &Lookup) -> (String, Action) {
+    let facts = facts();
+    let out = match p.evaluate(ip(addr), &facts, None, 0, None) {
+        Ok(o) => o,
+        Err(i) => p.evaluate(ip(addr), &facts, Some(l), i, None).unwrap(),
+    };
+    let action = match out {
+        Outcome::Rule { action, .. } | Outcome::Default(action) | Outcome::LookupFailed { action, .. } => action,
+    };
+    (p.rule_name(&out).to_string(), action)
+}
+
+#[test]
+fn local_list_decides_without_lookup() {
+    let p = policy();
+    let out = p.evaluate(ip("192.0.2.1"), &facts(), None, 0, None);
+    assert_eq!(out, Ok(Outcome::Rule { index: 0, action: Action::Allow }));
+}
+
+#[test]
+fn first_reputation_rule_asks_for_a_lookup() {
+    let p = policy();
+    assert_eq!(p.evaluate(ip("203.0.113.5"), &facts(), None, 0, None), Err(1));
+}
+
+#[test]
+fn spec_example_rules() {
+    let p = policy();
+    let a = "203.0.113.5";
+    assert_eq!(decide(&p, a, &rep(|r| r.status = Status::Threat)), ("block-threats".into(), Action::Block));
+    assert_eq!(
+        decide(&p, a, &rep(|r| {
+            r.status = Status::Safe;
+            r.score = Some(99);
+            r.scanner = true;
+        })),
+        ("allow-scanners".into(), Action::Allow)
+    );
+    assert_eq!(decide(&p, a, &rep(|r| r.score = Some(71))), ("block-score".into(), Action::Block));
+    assert_eq!(decide(&p, a, &rep(|r| r.score = Some(70))), ("default".into(), Action::Allow));
+    assert_eq!(decide(&p, a, &rep(|r| r.tor = Some(true))), ("block-tor".into(), Action::Block));
+    assert_eq!(decide(&p, a, &rep(|r| r.vpn = Some(true))), ("block-vpn".into(), Action::Block));
+    assert_eq!(decide(&p, a, &rep(|_| {})), ("default".into(), Action::Allow));
+}
+
+#[test]
+fn tor_feed_proves_tor_without_lookup() {
+    let p = policy();
+    // 198.51.100.9 is in the tor-tagged feed; the rules before block-tor need reputation,
+    // so a lookup is asked for; with an empty (skipped) lookup the tor rule still matches.
+    let skipped = Lookup::default();
+    assert_eq!(decide(&p, "198.51.100.9", &skipped), ("block-tor".into(), Action::Block));
+}
+
+#[test]
+fn all_conditions_of_a_rule_must_hold() {
+    let p = policy();
+    let a = "203.0.113.5";
+    let only_c2 = rep(|r| r.classes = vec![ThreatClass::C2]);
+    assert_eq!(decide(&p, a, &only_c2).0, "default");
+    let c2_ru = rep(|r| {
+        r.classes = vec![ThreatClass::C2];
+        r.country = Some("russia".into());
+    });
+    assert_eq!(decide(&p, a, &c2_ru).0, "block-c2-ru");
+}
+
+#[test]
+fn provider_restricts_to_that_answer() {
+    let p = policy();
+    let a = "203.0.113.5";
+    let ioc_60 = rep(|r| r.score = Some(60));
+    assert_eq!(decide(&p, a, &ioc_60).0, "default");
+    let mut sw = Reputation::unknown("ipswamp");
+    sw.score = Some(60);
+    let l = Lookup { answers: vec![sw], errors: vec![], cached: false };
+    assert_eq!(decide(&p, a, &l).0, "ipswamp-only");
+}
+
+#[test]
+fn not_negates() {
+    let p = policy();
+    let a = "203.0.113.5";
+    let us = rep(|r| {
+        r.asn = Some(64496);
+        r.country = Some("US".into());
+    });
+    assert_eq!(decide(&p, a, &us).0, "default");
+    let de = rep(|r| {
+        r.asn = Some(64496);
+        r.country = Some("DE".into());
+    });
+    assert_eq!(decide(&p, a, &de).0, "not-us");
+}
+
+#[test]
+fn failed_lookup_goes_to_on_error() {
+    let p = policy();
+    let failed = Lookup { answers: vec![], errors: vec![("iocscout".into(), "timeout".into())], cached: false };
+    assert_eq!(decide(&p, "203.0.113.5", &failed), ("lookup-error".into(), Action::Allow));
+    let cfg = crate::Config::from_yaml(&format!("{RULES}\nlookup: {{ on_error: block }}\n"), "t").unwrap();
+    let p = Policy::compile(&cfg, &|n| (n == "partners").then_some(1));
+    assert_eq!(decide(&p, "203.0.113.5", &failed), ("lookup-error".into(), Action::Block));
+}
+
+#[test]
+fn trace_records_each_step() {
+    let p = policy();
+    let l = rep(|r| r.status = Status::Threat);
+    let mut trace = Vec::new();
+    let facts = facts();
+    let i = p.evaluate(ip("203.0.113.5"), &facts, None, 0, Some(&mut trace)).unwrap_err();
+    p.evaluate(ip("203.0.113.5"), &facts, Some(&l), i, Some(&mut trace)).unwrap();
+    let results: Vec<_> = trace.iter().map(|s| (s.rule.as_str(), s.result)).collect();
+    assert_eq!(
+        results,
+        vec![
+            ("partners", "not matched"),
+            ("allow-scanners", "needs reputation"),
+            ("allow-scanners", "not matched"),
+            ("block-threats", "matched")
+        ]
+    );
+}

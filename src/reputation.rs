@@ -1,0 +1,191 @@
+//! The normalized reputation of one IP, as every provider's answer is mapped to it
+//! (SPEC §2.3), and the source the gate asks for it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Normalized status of an IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// A recognized legitimate scanner or service.
+    Safe,
+    /// Needs a closer look.
+    Suspicious,
+    /// Malicious.
+    Threat,
+    /// Nothing known.
+    Unknown,
+}
+
+impl Status {
+    /// The name used in config and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Safe => "safe",
+            Status::Suspicious => "suspicious",
+            Status::Threat => "threat",
+            Status::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "safe" => Ok(Status::Safe),
+            "suspicious" => Ok(Status::Suspicious),
+            "threat" => Ok(Status::Threat),
+            "unknown" => Ok(Status::Unknown),
+            other => Err(format!(
+                "unknown status `{other}` (expected safe, suspicious, threat or unknown)"
+            )),
+        }
+    }
+}
+
+/// Threat classes (IOCScout `threat.class`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThreatClass {
+    Attack,
+    C2,
+    Malware,
+    Phishing,
+    Spam,
+    Suspicious,
+}
+
+impl ThreatClass {
+    /// The name used in config and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThreatClass::Attack => "attack",
+            ThreatClass::C2 => "c2",
+            ThreatClass::Malware => "malware",
+            ThreatClass::Phishing => "phishing",
+            ThreatClass::Spam => "spam",
+            ThreatClass::Suspicious => "suspicious",
+        }
+    }
+}
+
+impl FromStr for ThreatClass {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "attack" => Ok(ThreatClass::Attack),
+            "c2" => Ok(ThreatClass::C2),
+            "malware" => Ok(ThreatClass::Malware),
+            "phishing" => Ok(ThreatClass::Phishing),
+            "spam" => Ok(ThreatClass::Spam),
+            "suspicious" => Ok(ThreatClass::Suspicious),
+            other => Err(format!(
+                "unknown class `{other}` (expected attack, c2, malware, phishing, spam or suspicious)"
+            )),
+        }
+    }
+}
+
+/// One provider's answer about one IP, normalized (SPEC §2.3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reputation {
+    /// Provider name: `iocscout`, `ipswamp` or `file`.
+    pub provider: String,
+    pub status: Status,
+    /// 0–100, when the provider gives one.
+    pub score: Option<u8>,
+    #[serde(default)]
+    pub classes: Vec<ThreatClass>,
+    pub tor: Option<bool>,
+    pub vpn: Option<bool>,
+    /// A known legitimate scanner (or whitelisted service).
+    #[serde(default)]
+    pub scanner: bool,
+    /// Country as the provider gives it (ISO code or name).
+    pub country: Option<String>,
+    pub asn: Option<u32>,
+    /// Last malicious activity, unix seconds.
+    pub last_seen: Option<i64>,
+    /// The provider's full answer, every field kept.
+    #[serde(default)]
+    pub raw: serde_json::Value,
+}
+
+impl Reputation {
+    /// An answer with nothing known, for `provider`.
+    pub fn unknown(provider: impl Into<String>) -> Self {
+        Reputation {
+            provider: provider.into(),
+            status: Status::Unknown,
+            score: None,
+            classes: Vec::new(),
+            tor: None,
+            vpn: None,
+            scanner: false,
+            country: None,
+            asn: None,
+            last_seen: None,
+            raw: serde_json::Value::Null,
+        }
+    }
+}
+
+/// What the reputation sources could say about one IP.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Lookup {
+    /// Answers, one per provider that answered.
+    pub answers: Vec<Reputation>,
+    /// Providers that could not answer, with the reason (never containing a secret).
+    pub errors: Vec<(String, String)>,
+    /// Whether every answer came from the cache.
+    pub cached: bool,
+}
+
+impl Lookup {
+    /// True when no provider answered.
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+
+    /// True when a look-up was needed and no provider could answer
+    /// (`lookup.on_error` decides). A skipped look-up (private address) is not a failure.
+    pub fn failed(&self) -> bool {
+        self.answers.is_empty() && !self.errors.is_empty()
+    }
+}
+
+/// Where the gate gets reputation from. The providers and the cache implement it;
+/// [`NoReputation`] answers nothing, so `lookup.on_error` decides.
+pub trait ReputationSource: Send + Sync + 'static {
+    /// Reputation for `ip`, looking it up when `allow_remote` (cache only otherwise).
+    fn lookup(
+        &self,
+        ip: IpAddr,
+        allow_remote: bool,
+    ) -> futures_util::future::BoxFuture<'_, Lookup>;
+}
+
+/// A source with nothing to say.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoReputation;
+
+impl ReputationSource for NoReputation {
+    fn lookup(&self, _ip: IpAddr, _allow_remote: bool) -> futures_util::future::BoxFuture<'_, Lookup> {
+        Box::pin(std::future::ready(Lookup {
+            answers: Vec::new(),
+            errors: vec![("none".to_string(), "no reputation provider configured".to_string())],
+            cached: false,
+        }))
+    }
+}
