@@ -174,6 +174,16 @@ pub trait ReputationSource: Send + Sync + 'static {
         ip: IpAddr,
         allow_remote: bool,
     ) -> futures_util::future::BoxFuture<'_, Lookup>;
+
+    /// Reasons this source is not ready (a provider disabled, ...); empty when ready.
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Forgets what is cached for `ip`; true when something was removed.
+    fn evict(&self, _ip: IpAddr) -> futures_util::future::BoxFuture<'_, bool> {
+        Box::pin(std::future::ready(false))
+    }
 }
 
 /// A source with nothing to say.

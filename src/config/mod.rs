@@ -16,7 +16,7 @@ use serde_saphyr::Spanned;
 
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, ConfigIssue};
-pub use scalar::{normalize_net, parse_cidr, Addr, Cidr, Dur, Pos, Reference, Text, Url};
+pub use scalar::{normalize_net, parse_cidr, parse_url, Addr, Cidr, Dur, Pos, Reference, Text, Url};
 
 use crate::reputation::{Status, ThreatClass};
 

@@ -178,7 +178,8 @@ pub fn normalize_net(net: IpNet) -> IpNet {
     net.trunc()
 }
 
-fn parse_url(s: &str) -> Result<String, String> {
+/// Checks an http(s) URL with a host; returns it without a trailing slash.
+pub fn parse_url(s: &str) -> Result<String, String> {
     let uri: http::Uri = s
         .parse()
         .map_err(|_| format!("`{s}` is not a URL (e.g. http://127.0.0.1:3000)"))?;

@@ -1,0 +1,75 @@
+//! `ipgate demo`: a demo upstream, the gateway with an embedded policy, and curl lines
+//! that show what it does. Needs no network and no API key.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use anyhow::{Context, anyhow};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use ipgate::{Config, Gate, server};
+
+use super::Failure;
+
+/// The demo's policy; `{upstream}` and `{listen}` are filled in at start.
+const DEMO_POLICY: &str = include_str!("demo_policy.yaml");
+
+async fn demo_app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let h = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+    let body = format!(
+        "hello from the demo app: path={} client={} decision={}\n",
+        req.uri().path(),
+        h("x-ipgate-client-ip"),
+        h("x-ipgate-decision"),
+    );
+    Ok(Response::new(Full::new(Bytes::from(body))))
+}
+
+async fn start_demo_upstream() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the demo upstream")?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(demo_app))
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+pub async fn demo(listen: SocketAddr) -> Result<(), Failure> {
+    let upstream = start_demo_upstream().await?;
+    let yaml = DEMO_POLICY
+        .replace("{upstream}", &format!("http://{upstream}"))
+        .replace("{listen}", &listen.to_string());
+    let cfg = Config::from_yaml(&yaml, "embedded demo policy")
+        .map_err(|e| Failure::Runtime(anyhow!("embedded demo policy: {e}")))?;
+    let gate = Gate::from_config(cfg).await.map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
+    let listeners = server::bind(&gate).await.map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
+    let addr = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .ok_or_else(|| anyhow!("no listener"))?;
+    let url = format!("http://{addr}/");
+    let w = "-w ' -> HTTP %{http_code}\\n'";
+    println!("ipgate demo: gateway on {url} in front of a demo app on http://{upstream}/");
+    println!("The demo trusts X-Forwarded-For from loopback, so each line below plays another client.");
+    println!("Try:");
+    println!("curl -s {w} -H 'X-Forwarded-For: 198.51.100.20' {url}   # expect 200: allowed (default)");
+    println!("curl -s {w} -H 'X-Forwarded-For: 192.0.2.10' {url}   # expect 200: allowed (lists.allow)");
+    println!("curl -s {w} -H 'X-Forwarded-For: 203.0.113.7' {url}   # expect 403: blocked (lists.block)");
+    println!("curl -s {w} -H 'Accept: application/json' -H 'X-Forwarded-For: 203.0.113.7' {url}   # expect 403: blocked, JSON answer");
+    println!("curl -s {w} -H 'X-Forwarded-For: not-an-ip' {url}   # expect 403: invalid-client-ip (fails closed)");
+    println!("Press Ctrl-C to stop.");
+    server::serve(gate, listeners, super::run::shutdown_signal())
+        .await
+        .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))
+}

@@ -1,0 +1,179 @@
+//! Command-line entry points (SPEC §1). Exit codes: 0 ok, 2 bad configuration or
+//! usage, 1 runtime failure.
+
+mod demo;
+mod run;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use ipgate::Config;
+
+#[derive(Parser)]
+#[command(name = "ipgate", version, about = "IP access gateway: lists, feeds, bans and reputation under one policy")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Configuration file (default ./policy.yaml; built-in defaults when it does not exist).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Upstream URL (overrides the file's `upstream`).
+        #[arg(long, env = "IPGATE_UPSTREAM")]
+        upstream: Option<String>,
+    },
+    /// Self-contained tour: demo upstream + gateway + curl lines to try.
+    Demo {
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Print the decision for an IP and why.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+        ip: String,
+        /// Ask the providers (spends quota); otherwise only cached reputation is used.
+        #[arg(long)]
+        lookup: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a configuration file: exit 0, or print every error and exit 2.
+    Validate {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+/// A failure with its exit code.
+pub(crate) enum Failure {
+    /// Bad configuration or usage: exit 2.
+    Config(anyhow::Error),
+    /// Runtime failure: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Run { config, upstream } => run::run(config, upstream).await,
+            Command::Demo { listen } => demo::demo(listen).await,
+            Command::Check { config, ip, lookup, json } => check(&config, &ip, lookup, json).await,
+            Command::Validate { config } => validate(&config),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("{e:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("IPGATE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Loads and fully checks a configuration file (including files it names).
+pub(crate) fn load(path: &Path) -> Result<Config, Failure> {
+    let cfg = Config::from_file(path).map_err(|e| Failure::Config(anyhow::Error::new(e)))?;
+    ipgate::block_page::BlockPage::from_config(&cfg.block_response)
+        .map_err(|e| Failure::Config(anyhow::anyhow!("{}: {e}", path.display())))?;
+    Ok(cfg)
+}
+
+fn validate(path: &Path) -> Result<(), Failure> {
+    load(path)?;
+    println!("{}: valid", path.display());
+    Ok(())
+}
+
+async fn check(path: &Path, ip: &str, lookup: bool, json: bool) -> Result<(), Failure> {
+    let ip: IpAddr = ip
+        .trim()
+        .parse()
+        .map_err(|_| Failure::Config(anyhow::anyhow!("`{ip}` is not an IP address")))?;
+    let cfg = load(path)?;
+    let gate = ipgate::Gate::from_config(cfg)
+        .await
+        .map_err(|e| Failure::Config(anyhow::Error::new(e)))?;
+    let e = gate.explain(ip, lookup).await;
+    if json {
+        let text = serde_json::to_string_pretty(&e).context("rendering JSON")?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!("ip:        {}", e.ip);
+    println!("decision:  {}{}", e.decision, if e.decision != e.verdict { " (dry_run: policy says block)" } else { "" });
+    println!("rule:      {}", e.rule);
+    println!("reason:    {}", e.reason);
+    println!("lists:     {}", if e.lists.is_empty() { "-".to_string() } else { e.lists.join(", ") });
+    if !e.trace.is_empty() {
+        println!("trace:");
+        for step in &e.trace {
+            println!("  {:<24} {}", step.rule, step.result);
+        }
+    }
+    if !e.reputation.is_empty() || !e.reputation_errors.is_empty() {
+        println!("reputation{}:", if e.cached { " (cached)" } else { "" });
+        for (provider, rep) in &e.reputation {
+            let get = |k: &str| rep.get(k).filter(|v| !v.is_null()).map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+            println!(
+                "  {provider:<9} status={} score={} tor={} vpn={} scanner={} country={} asn={}",
+                get("status"), get("score"), get("tor"), get("vpn"), get("scanner"), get("country"), get("asn")
+            );
+        }
+        for (provider, err) in &e.reputation_errors {
+            println!("  {provider:<9} no answer: {err}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! `ipgate run`: the gateway, the admin API, reload on SIGHUP / file change, drain on
+//! SIGTERM / SIGINT.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, anyhow};
+use futures_util::FutureExt;
+
+use ipgate::config::{Config, Url, parse_url};
+use ipgate::{Gate, admin, server};
+
+use super::{Failure, load};
+
+fn with_upstream(mut cfg: Config, upstream: &Option<String>) -> Result<Config, Failure> {
+    if let Some(u) = upstream {
+        let u = parse_url(u).map_err(|e| Failure::Config(anyhow!("--upstream / IPGATE_UPSTREAM: {e}")))?;
+        cfg.upstream = Some(Url(u));
+    }
+    Ok(cfg)
+}
+
+pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<(), Failure> {
+    let explicit = config.is_some();
+    let path = config.unwrap_or_else(|| PathBuf::from("policy.yaml"));
+    let from_file = explicit || path.exists();
+    let cfg = if from_file {
+        load(&path)?
+    } else {
+        tracing::info!("no ./policy.yaml: using the built-in defaults");
+        Config::default()
+    };
+    let cfg = with_upstream(cfg, &upstream)?;
+    if cfg.upstream.is_none() {
+        return Err(Failure::Config(anyhow!(
+            "no upstream: set `upstream:` in the config, or pass --upstream URL (or IPGATE_UPSTREAM)"
+        )));
+    }
+
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    ipgate::metrics::describe();
+
+    let watch = cfg.reload.watch && from_file;
+    let admin_cfg = cfg.admin.clone();
+    let gate = Gate::from_config(cfg).await.map_err(|e| Failure::Config(anyhow::Error::new(e)))?;
+    let listeners = server::bind(&gate).await.map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
+
+    let reload: Option<admin::Reload> = from_file.then(|| {
+        let gate = gate.clone();
+        let path = path.clone();
+        let upstream = upstream.clone();
+        let f: admin::Reload = Arc::new(move || {
+            let gate = gate.clone();
+            let path = path.clone();
+            let upstream = upstream.clone();
+            async move {
+                let cfg = match load(&path).and_then(|c| with_upstream(c, &upstream)) {
+                    Ok(c) => c,
+                    Err(Failure::Config(e) | Failure::Runtime(e)) => {
+                        metrics::counter!(ipgate::metrics::CONFIG_RELOADS, "result" => "error").increment(1);
+                        tracing::warn!(error = %format!("{e:#}"), "reload refused; the previous configuration stays in force");
+                        return Err(format!("{e:#}"));
+                    }
+                };
+                gate.reload(cfg).await.map_err(|e| e.to_string())
+            }
+            .boxed()
+        });
+        f
+    });
+
+    if let Some(admin_cfg) = admin_cfg {
+        let addr = admin_cfg.listen.0;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+        let render: admin::MetricsRender = Arc::new(move || prometheus.render());
+        let app = admin::router(gate.clone(), Some(render), reload.clone());
+        tracing::info!(listen = %addr, "admin API listening");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+    }
+
+    if let Some(reload) = reload.clone() {
+        spawn_sighup(reload.clone());
+        if watch {
+            spawn_watch(path.clone(), reload);
+        }
+    }
+
+    server::serve(gate, listeners, shutdown_signal())
+        .await
+        .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))
+}
+
+fn spawn_sighup(reload: admin::Reload) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload with POST /v1/reload");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            let _ = reload().await;
+        }
+    });
+}
+
+/// Polls the file's modification time (robust to editors that replace the file).
+fn spawn_watch(path: PathBuf, reload: admin::Reload) {
+    tokio::spawn(async move {
+        let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut last: Option<SystemTime> = stamp(&path);
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = stamp(&path);
+            if now.is_some() && now != last {
+                last = now;
+                tracing::info!(file = %path.display(), "configuration file changed: reloading");
+                let _ = reload().await;
+            }
+        }
+    });
+}
+
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,39 @@
+//! Metric names (SPEC §6) and their descriptions. The library records through the
+//! `metrics` facade; the binary installs a Prometheus exporter, and an application that
+//! embeds the layer keeps its own.
+
+/// `ipgate_requests_total{decision,rule}`
+pub const REQUESTS: &str = "ipgate_requests_total";
+/// `ipgate_decision_seconds` histogram
+pub const DECISION_SECONDS: &str = "ipgate_decision_seconds";
+/// `ipgate_provider_requests_total{provider,outcome}`
+pub const PROVIDER_REQUESTS: &str = "ipgate_provider_requests_total";
+/// `ipgate_provider_quota_remaining{provider}`
+pub const PROVIDER_QUOTA_REMAINING: &str = "ipgate_provider_quota_remaining";
+/// `ipgate_cache_lookups_total{result}`
+pub const CACHE_LOOKUPS: &str = "ipgate_cache_lookups_total";
+/// `ipgate_cache_entries`
+pub const CACHE_ENTRIES: &str = "ipgate_cache_entries";
+/// `ipgate_feed_entries{feed}`
+pub const FEED_ENTRIES: &str = "ipgate_feed_entries";
+/// `ipgate_config_reloads_total{result}`
+pub const CONFIG_RELOADS: &str = "ipgate_config_reloads_total";
+/// `ipgate_upstream_seconds` histogram
+pub const UPSTREAM_SECONDS: &str = "ipgate_upstream_seconds";
+/// `ipgate_lookup_failures_total{rule}`: a rule needed reputation and none was available.
+pub const LOOKUP_FAILURES: &str = "ipgate_lookup_failures_total";
+
+/// Registers the descriptions with the installed recorder.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(REQUESTS, "Requests decided, by decision and rule.");
+    describe_histogram!(DECISION_SECONDS, Unit::Seconds, "Time to decide one request.");
+    describe_counter!(PROVIDER_REQUESTS, "Calls to reputation providers, by outcome.");
+    describe_gauge!(PROVIDER_QUOTA_REMAINING, "Look-ups left today per provider.");
+    describe_counter!(CACHE_LOOKUPS, "Reputation cache look-ups, by result.");
+    describe_gauge!(CACHE_ENTRIES, "Entries in the reputation cache.");
+    describe_gauge!(FEED_ENTRIES, "Networks in each feed.");
+    describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result.");
+    describe_histogram!(UPSTREAM_SECONDS, Unit::Seconds, "Time to the upstream's response head.");
+    describe_counter!(LOOKUP_FAILURES, "Decisions made by lookup.on_error.");
+}

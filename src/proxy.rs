@@ -1,0 +1,222 @@
+//! Forwarding to the upstream: streamed bodies both ways, header hygiene, X-Forwarded-*,
+//! WebSocket upgrades, 502 on upstream failure and 504 on upstream timeout.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower_service::Service;
+
+use crate::gate::{Decision, Gate};
+use crate::headers;
+use crate::layer::ClientIp;
+
+/// Errors crossing the proxy's bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The proxy's response body.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Where requests go, parsed once per configuration.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    /// Path prefix of the upstream URL ("" for none).
+    base_path: String,
+}
+
+impl Upstream {
+    /// Parses `http://host:port[/prefix]`.
+    pub fn parse(url: &str) -> Result<Upstream, String> {
+        let uri: Uri = url.parse().map_err(|e| format!("upstream `{url}`: {e}"))?;
+        let scheme = uri.scheme().cloned().ok_or_else(|| format!("upstream `{url}` has no scheme"))?;
+        let authority = uri.authority().cloned().ok_or_else(|| format!("upstream `{url}` has no host"))?;
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        Ok(Upstream { scheme, authority, base_path })
+    }
+
+    fn uri_for(&self, pq: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+        let pq = pq.map_or("/", |p| p.as_str());
+        let full = if self.base_path.is_empty() { pq.to_string() } else { format!("{}{pq}", self.base_path) };
+        Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone()).path_and_query(full).build()
+    }
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+
+/// The forwarding service. Cheap to clone; reads the upstream from the gate's live
+/// configuration so a reload changes where requests go.
+#[derive(Clone)]
+pub struct Proxy {
+    gate: Gate,
+    client: HttpsClient,
+    tls: bool,
+}
+
+impl Proxy {
+    /// A proxy for `gate`; `tls` tells whether clients reach us over TLS (X-Forwarded-Proto).
+    pub fn new(gate: Gate, tls: bool) -> Proxy {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).build(https);
+        Proxy { gate, client, tls }
+    }
+}
+
+/// A plain-text response from the gateway itself.
+pub fn text_response(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(Full::new(Bytes::from_static(msg.as_bytes())).map_err(|n| match n {}).boxed_unsync());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn upgrade_protocol(req_headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let conn_upgrade = req_headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if conn_upgrade { req_headers.get(header::UPGRADE).cloned() } else { None }
+}
+
+impl Service<Request<Incoming>> for Proxy {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(req).await) })
+    }
+}
+
+impl Proxy {
+    async fn forward(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let live = self.gate.live();
+        let Some(upstream) = live.upstream.clone() else {
+            return text_response(StatusCode::BAD_GATEWAY, "no upstream configured\n");
+        };
+        let cfg = live.config.clone();
+        let peer = req.extensions().get::<ClientIp>().map(|c| c.0).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let decision = req.extensions_mut().remove::<Decision>();
+
+        let upgrade = upgrade_protocol(req.headers());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+        let orig_host = req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let uri = match upstream.uri_for(req.uri().path_and_query()) {
+            Ok(u) => u,
+            Err(_) => return text_response(StatusCode::BAD_REQUEST, "bad request target\n"),
+        };
+
+        let h = req.headers_mut();
+        headers::remove_hop_by_hop(h);
+        headers::remove_gateway_headers(h);
+        let trusted = live.resolver.is_trusted(peer);
+        headers::set_forwarding(h, peer, trusted, if self.tls { "https" } else { "http" }, orig_host.as_ref());
+        let host = if cfg.preserve_host { orig_host } else { HeaderValue::from_str(upstream.authority.as_str()).ok() };
+        if let Some(host) = host {
+            h.insert(header::HOST, host);
+        }
+        if let Some(proto) = &upgrade {
+            h.insert(header::UPGRADE, proto.clone());
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        if cfg.upstream_headers
+            && let Some(d) = &decision
+        {
+            enrich(h, d);
+        }
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+
+        let started = Instant::now();
+        let sent = tokio::time::timeout(cfg.limits.upstream_timeout.0, self.client.request(req)).await;
+        metrics::histogram!(crate::metrics::UPSTREAM_SECONDS).record(started.elapsed().as_secs_f64());
+        let mut resp = match sent {
+            Err(_) => {
+                tracing::warn!(upstream = %upstream.authority, "upstream timed out");
+                return text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %upstream.authority, error = %e, "upstream request failed");
+                return text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
+            }
+            Ok(Ok(r)) => r,
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let same = match (&upgrade, resp.headers().get(header::UPGRADE)) {
+                (Some(a), Some(b)) => a.as_bytes().eq_ignore_ascii_case(b.as_bytes()),
+                _ => false,
+            };
+            let Some(client_upgrade) = client_upgrade.filter(|_| same) else {
+                tracing::warn!("upstream switched protocols without a matching upgrade request");
+                return text_response(StatusCode::BAD_GATEWAY, "bad upgrade from upstream\n");
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((c, u)) => {
+                        let mut c = TokioIo::new(c);
+                        let mut u = TokioIo::new(u);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                            tracing::debug!(error = %e, "upgraded connection ended");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+            return resp.map(|_| http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync());
+        }
+        headers::remove_hop_by_hop(resp.headers_mut());
+        resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())
+    }
+}
+
+/// Adds x-ipgate-client-ip, -decision, -score, -country.
+fn enrich(h: &mut http::HeaderMap, d: &Decision) {
+    if let Ok(v) = HeaderValue::from_str(&d.client_ip.to_string()) {
+        h.insert("x-ipgate-client-ip", v);
+    }
+    let decision = match (d.action, d.verdict) {
+        (crate::config::Action::Allow, crate::config::Action::Block) => "dry_run_block",
+        (a, _) => a.as_str(),
+    };
+    h.insert("x-ipgate-decision", HeaderValue::from_static(decision));
+    if let Some(score) = d.score() {
+        h.insert("x-ipgate-score", HeaderValue::from(u16::from(score)));
+    }
+    if let Some(c) = d.country()
+        && let Ok(v) = HeaderValue::from_str(c)
+    {
+        h.insert("x-ipgate-country", v);
+    }
+}

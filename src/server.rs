@@ -1,0 +1,269 @@
+//! Listeners, HTTP/1.1 + h2c on one port, PROXY protocol, connection limit, header-read
+//! and idle timeouts, graceful shutdown.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt;
+use tower_layer::Layer;
+
+use crate::gate::Gate;
+use crate::layer::ClientIp;
+use crate::proxy::Proxy;
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("`upstream` is required to run the gateway (set it in the config, or use --upstream / IPGATE_UPSTREAM)")]
+    NoUpstream,
+}
+
+/// Binds every `listen` address of the gate's configuration.
+pub async fn bind(gate: &Gate) -> Result<Vec<TcpListener>, ServerError> {
+    let mut out = Vec::new();
+    for addr in gate.config().listen.iter().copied() {
+        let l = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// A body error with a concrete type (hyper's builder bounds do not infer well with
+/// `Box<dyn Error>` directly).
+#[derive(Debug)]
+pub struct BodyError(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// Activity of one connection, for the idle watchdog.
+struct Activity {
+    started: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn idle_for(&self) -> Duration {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        self.started.elapsed().saturating_sub(Duration::from_millis(last))
+    }
+}
+
+/// An IO that records when bytes last moved.
+struct IdleIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Serves the gateway on `listeners` until `shutdown` resolves, then drains in-flight
+/// requests for at most `shutdown_grace`.
+pub async fn serve(
+    gate: Gate,
+    listeners: Vec<TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    if gate.config().upstream.is_none() {
+        return Err(ServerError::NoUpstream);
+    }
+    let max = gate.config().limits.max_connections.min(Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(max));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let proxy = Proxy::new(gate.clone(), false);
+    let mut accept_tasks = Vec::new();
+    for listener in listeners {
+        let addr = listener.local_addr().ok();
+        tracing::info!(listen = ?addr, "gateway listening");
+        accept_tasks.push(tokio::spawn(accept_loop(
+            listener,
+            gate.clone(),
+            proxy.clone(),
+            permits.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, draining in-flight requests");
+    let _ = stop_tx.send(true);
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    let grace = gate.config().shutdown_grace.0;
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    match tokio::time::timeout(grace, permits.acquire_many(all)).await {
+        Ok(_) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!(grace = ?grace, "shutdown grace elapsed with connections still open"),
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    gate: Gate,
+    proxy: Proxy,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        // Wait for a free slot before accepting: extra connections wait in the backlog.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let gate = gate.clone();
+        let proxy = proxy.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, gate, proxy, stop).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    gate: Gate,
+    proxy: Proxy,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let cfg = gate.config();
+    let mut peer_ip: IpAddr = peer.ip().to_canonical();
+    if cfg.client_ip.proxy_protocol && gate.live().resolver.is_trusted(peer_ip) {
+        match crate::proxy_protocol::read_header(&mut stream, cfg.limits.header_read_timeout.0).await {
+            Ok(Some(src)) => peer_ip = src.ip().to_canonical(),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::info!(peer = %peer, error = %e, "bad PROXY protocol header; connection closed");
+                return;
+            }
+        }
+    }
+    let activity = Arc::new(Activity { started: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) });
+    let io = IdleIo { inner: stream, activity: activity.clone() };
+
+    let guarded = gate.layer().layer(proxy);
+    let act = activity.clone();
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ClientIp(peer_ip));
+        let svc = guarded.clone();
+        let act = act.clone();
+        act.in_flight.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let r = svc.oneshot(req).await;
+            act.in_flight.fetch_sub(1, Ordering::Relaxed);
+            act.touch();
+            r.map(|resp| resp.map(|b| b.map_err(BodyError).boxed_unsync()))
+        }
+    });
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.limits.header_read_timeout.0)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let idle = cfg.limits.idle_timeout.0;
+    let tick = (idle / 4).max(Duration::from_millis(50));
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = tokio::time::sleep(tick), if !shutting_down => {
+                if activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle {
+                    tracing::debug!(peer = %peer, "idle connection closed");
+                    conn.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+            }
+            _ = stop.changed(), if !shutting_down => {
+                conn.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+        }
+    }
+}
