@@ -17,6 +17,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tower_layer::Layer;
 
@@ -29,6 +30,8 @@ use crate::proxy::Proxy;
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("`upstream` is required to run the gateway (set it in the config, or use --upstream / IPGATE_UPSTREAM)")]
     NoUpstream,
 }
@@ -55,6 +58,29 @@ impl std::fmt::Display for BodyError {
 }
 
 impl std::error::Error for BodyError {}
+
+/// Loads the certificate chain and key (PEM) and offers h2 and http/1.1 by ALPN.
+pub fn tls_acceptor(cert: &str, key: &str) -> Result<TlsAcceptor, ServerError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| ServerError::Tls(format!("cannot read certificates from {cert}: {e}")))?;
+    if certs.is_empty() {
+        return Err(ServerError::Tls(format!("{cert} holds no certificate")));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ServerError::Tls(format!("cannot read a private key from {key}: {e}")))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServerError::Tls(format!("certificate and key do not fit: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
 
 /// Activity of one connection, for the idle watchdog.
 struct Activity {
@@ -133,7 +159,11 @@ pub async fn serve(
     let max = gate.config().limits.max_connections.min(Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let proxy = Proxy::new(gate.clone(), false);
+    let tls = match &gate.config().tls {
+        Some(t) => Some(tls_acceptor(&t.cert.0, &t.key.0)?),
+        None => None,
+    };
+    let proxy = Proxy::new(gate.clone(), tls.is_some());
     let mut accept_tasks = Vec::new();
     for listener in listeners {
         let addr = listener.local_addr().ok();
@@ -144,6 +174,7 @@ pub async fn serve(
             proxy.clone(),
             permits.clone(),
             stop_rx.clone(),
+            tls.clone(),
         )));
     }
     shutdown.await;
@@ -167,6 +198,7 @@ async fn accept_loop(
     proxy: Proxy,
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
 ) {
     loop {
         // Wait for a free slot before accepting: extra connections wait in the backlog.
@@ -188,8 +220,9 @@ async fn accept_loop(
         let gate = gate.clone();
         let proxy = proxy.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, gate, proxy, stop).await;
+            serve_connection(stream, peer, gate, proxy, stop, tls).await;
             drop(permit);
         });
     }
@@ -200,7 +233,8 @@ async fn serve_connection(
     peer: SocketAddr,
     gate: Gate,
     proxy: Proxy,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
 ) {
     let _ = stream.set_nodelay(true);
     let cfg = gate.config();
@@ -215,8 +249,26 @@ async fn serve_connection(
             }
         }
     }
+    match tls {
+        None => serve_io(stream, peer, peer_ip, gate, proxy, stop).await,
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(cfg.limits.header_read_timeout.0, acceptor.accept(stream)).await;
+            match handshake {
+                Ok(Ok(tls_stream)) => serve_io(tls_stream, peer, peer_ip, gate, proxy, stop).await,
+                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_io<I>(io: I, peer: SocketAddr, peer_ip: IpAddr, gate: Gate, proxy: Proxy, mut stop: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = gate.config();
     let activity = Arc::new(Activity { started: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) });
-    let io = IdleIo { inner: stream, activity: activity.clone() };
+    let io = IdleIo { inner: io, activity: activity.clone() };
 
     let guarded = gate.layer().layer(proxy);
     let act = activity.clone();

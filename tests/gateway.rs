@@ -379,3 +379,34 @@ async fn temporary_bans_block_until_removed() {
     assert_eq!(client().get(gw.url("/")).send().await.unwrap().status(), 200);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn tls_is_terminated_with_h2_by_alpn() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let up = upstream::start().await;
+    let yaml = format!("{BASE}tls: {{ cert: '{}', key: '{}' }}\n", cert_path.display(), key_path.display());
+    let gw = TestGateway::start(&yaml, &up.url()).await;
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", gw.addr)
+        .build()
+        .unwrap();
+    let r = c.get(format!("https://localhost:{}/tls", gw.addr.port())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), http::Version::HTTP_2, "ALPN did not pick h2");
+    assert_eq!(up.seen.last().headers["x-forwarded-proto"], "https");
+    // Plain HTTP on the TLS port is not served.
+    assert!(client().get(gw.url("/")).send().await.is_err());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_tls_files_are_a_clear_error() {
+    let err = ipgate::server::tls_acceptor("/nonexistent/cert.pem", "/nonexistent/key.pem").err().unwrap();
+    assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
+}

@@ -127,6 +127,10 @@ pub(crate) fn load(path: &Path) -> Result<Config, Failure> {
     let cfg = Config::from_file(path).map_err(|e| Failure::Config(anyhow::Error::new(e)))?;
     ipgate::block_page::BlockPage::from_config(&cfg.block_response)
         .map_err(|e| Failure::Config(anyhow::anyhow!("{}: {e}", path.display())))?;
+    if let Some(tls) = &cfg.tls {
+        ipgate::server::tls_acceptor(&tls.cert.0, &tls.key.0)
+            .map_err(|e| Failure::Config(anyhow::anyhow!("{}: {e}", path.display())))?;
+    }
     Ok(cfg)
 }
 
