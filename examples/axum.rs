@@ -7,9 +7,9 @@
 
 use std::net::SocketAddr;
 
+use axum::Router;
 use axum::extract::Extension;
 use axum::routing::get;
-use axum::Router;
 
 async fn hello(Extension(decision): Extension<ipgate::Decision>) -> String {
     format!(
@@ -34,6 +34,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }

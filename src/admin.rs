@@ -32,7 +32,11 @@ struct AdminState {
 /// The admin router. `token` (when non-empty) is required as `Authorization: Bearer`
 /// on every route but `/healthz`.
 pub fn router(gate: Gate, metrics: Option<MetricsRender>, reload: Option<Reload>) -> Router {
-    let state = AdminState { gate, metrics, reload };
+    let state = AdminState {
+        gate,
+        metrics,
+        reload,
+    };
     let guarded = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -42,12 +46,20 @@ pub fn router(gate: Gate, metrics: Option<MetricsRender>, reload: Option<Reload>
         .route("/v1/cache/{ip}", delete(evict))
         .route("/v1/reload", post(reload_config))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new().route("/healthz", get(|| async { "ok\n" })).merge(guarded).with_state(state)
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(guarded)
+        .with_state(state)
 }
 
 async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Response {
     let cfg = st.gate.config();
-    let token = cfg.admin.as_ref().and_then(|a| a.token.as_ref()).map(|t| t.0.as_str()).unwrap_or("");
+    let token = cfg
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_ref())
+        .map(|t| t.0.as_str())
+        .unwrap_or("");
     if !token.is_empty() {
         let given = req
             .headers()
@@ -56,7 +68,10 @@ async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Respons
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            return error(StatusCode::UNAUTHORIZED, "admin token required: Authorization: Bearer TOKEN");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "admin token required: Authorization: Bearer TOKEN",
+            );
         }
     }
     next.run(req).await
@@ -78,13 +93,21 @@ async fn readyz(State(st): State<AdminState>) -> Response {
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; "))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join("; ")),
+        )
+            .into_response()
     }
 }
 
 async fn metrics_text(State(st): State<AdminState>) -> Response {
     match &st.metrics {
-        Some(render) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render()).into_response(),
+        Some(render) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            render(),
+        )
+            .into_response(),
         None => error(StatusCode::NOT_FOUND, "no metrics exporter installed"),
     }
 }
@@ -98,7 +121,10 @@ struct DecisionQuery {
 
 async fn decision(State(st): State<AdminState>, Query(q): Query<DecisionQuery>) -> Response {
     let Ok(ip) = q.ip.trim().parse::<IpAddr>() else {
-        return error(StatusCode::BAD_REQUEST, format!("`{}` is not an IP address", q.ip));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`{}` is not an IP address", q.ip),
+        );
     };
     let e = st.gate.explain(ip, q.lookup).await;
     Json(json!({
@@ -161,7 +187,10 @@ async fn remove_ban(State(st): State<AdminState>, Path(cidr): Path<String>) -> R
 
 async fn evict(State(st): State<AdminState>, Path(ip): Path<String>) -> Response {
     let Ok(ip) = ip.trim().parse::<IpAddr>() else {
-        return error(StatusCode::BAD_REQUEST, format!("`{ip}` is not an IP address"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`{ip}` is not an IP address"),
+        );
     };
     let removed = st.gate.evict(ip).await;
     Json(json!({ "ip": ip, "removed": removed })).into_response()
@@ -169,7 +198,10 @@ async fn evict(State(st): State<AdminState>, Path(ip): Path<String>) -> Response
 
 async fn reload_config(State(st): State<AdminState>) -> Response {
     match &st.reload {
-        None => error(StatusCode::NOT_IMPLEMENTED, "this gate has no configuration file to reload"),
+        None => error(
+            StatusCode::NOT_IMPLEMENTED,
+            "this gate has no configuration file to reload",
+        ),
         Some(r) => match r().await {
             Ok(()) => Json(json!({ "reloaded": true })).into_response(),
             Err(e) => error(StatusCode::BAD_REQUEST, e),

@@ -34,12 +34,16 @@ pub struct Bans {
 
 impl std::fmt::Debug for Bans {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bans").field("count", &self.table.load().bans.len()).finish()
+        f.debug_struct("Bans")
+            .field("count", &self.table.load().bans.len())
+            .finish()
     }
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Bans {
@@ -62,7 +66,11 @@ impl Bans {
     /// Adds (or replaces) a ban for `ttl`.
     pub fn add(&self, cidr: IpNet, ttl: Duration, reason: String) -> Ban {
         let cidr = crate::config::normalize_net(cidr);
-        let ban = Ban { cidr, expires: now_secs().saturating_add(ttl.as_secs().max(1)), reason };
+        let ban = Ban {
+            cidr,
+            expires: now_secs().saturating_add(ttl.as_secs().max(1)),
+            reason,
+        };
         self.update(|bans| {
             bans.retain(|b| b.cidr != cidr);
             bans.push(ban.clone());
@@ -85,7 +93,13 @@ impl Bans {
     /// Bans in force, expired ones dropped.
     pub fn list(&self) -> Vec<Ban> {
         let now = now_secs();
-        self.table.load().bans.iter().filter(|b| b.expires > now).cloned().collect()
+        self.table
+            .load()
+            .bans
+            .iter()
+            .filter(|b| b.expires > now)
+            .cloned()
+            .collect()
     }
 
     /// Drops expired bans.
@@ -115,7 +129,11 @@ mod tests {
         let b = Bans::default();
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
         assert!(b.find(ip).is_none());
-        b.add("198.51.100.0/24".parse().unwrap(), Duration::from_secs(60), "abuse".into());
+        b.add(
+            "198.51.100.0/24".parse().unwrap(),
+            Duration::from_secs(60),
+            "abuse".into(),
+        );
         assert_eq!(b.find(ip).unwrap().reason, "abuse");
         assert!(b.find("::ffff:198.51.100.9".parse().unwrap()).is_some());
         assert!(b.find("198.51.101.1".parse().unwrap()).is_none());
@@ -129,7 +147,11 @@ mod tests {
     fn expired_bans_do_not_block() {
         let b = Bans::default();
         b.update(|v| {
-            v.push(Ban { cidr: "10.0.0.0/8".parse().unwrap(), expires: now_secs() - 1, reason: String::new() })
+            v.push(Ban {
+                cidr: "10.0.0.0/8".parse().unwrap(),
+                expires: now_secs() - 1,
+                reason: String::new(),
+            })
         });
         assert!(b.find("10.1.1.1".parse().unwrap()).is_none());
         assert!(b.list().is_empty());

@@ -34,7 +34,8 @@ pub enum BlockPageError {
 impl BlockPage {
     /// Loads the template named by the config (built-in page when none).
     pub fn from_config(cfg: &crate::config::BlockResponse) -> Result<BlockPage, BlockPageError> {
-        let status = StatusCode::from_u16(cfg.status).map_err(|_| BlockPageError::Status(cfg.status))?;
+        let status =
+            StatusCode::from_u16(cfg.status).map_err(|_| BlockPageError::Status(cfg.status))?;
         let template = match &cfg.html {
             Some(path) => std::fs::read_to_string(&path.0).map_err(|e| BlockPageError::Read {
                 path: path.0.clone(),
@@ -120,7 +121,9 @@ mod tests {
         let h = |s: &'static str| HeaderValue::from_static(s);
         assert!(prefers_json(Some(&h("application/json"))));
         assert!(prefers_json(Some(&h("application/json, text/plain, */*"))));
-        assert!(!prefers_json(Some(&h("text/html,application/xhtml+xml,application/json;q=0.9"))));
+        assert!(!prefers_json(Some(&h(
+            "text/html,application/xhtml+xml,application/json;q=0.9"
+        ))));
         assert!(prefers_json(Some(&h("text/html;q=0.5, application/json"))));
         assert!(!prefers_json(Some(&h("*/*"))));
         assert!(!prefers_json(None));
@@ -129,6 +132,9 @@ mod tests {
 
     #[test]
     fn escapes_html() {
-        assert_eq!(escape("<script>\"x\"&'"), "&lt;script&gt;&quot;x&quot;&amp;&#39;");
+        assert_eq!(
+            escape("<script>\"x\"&'"),
+            "&lt;script&gt;&quot;x&quot;&amp;&#39;"
+        );
     }
 }

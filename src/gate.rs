@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::bans::Bans;
 use crate::block_page::{BlockBody, BlockPage, BlockPageError};
+use crate::cache::ReputationCache;
 use crate::client_ip::ClientIpResolver;
 use crate::config::{Action, Config, ConfigError, Mode};
 use crate::lists::IpSet;
@@ -43,12 +44,21 @@ impl Decision {
 
     /// The highest score any provider gave.
     pub fn score(&self) -> Option<u8> {
-        self.reputation.as_ref()?.answers.iter().filter_map(|r| r.score).max()
+        self.reputation
+            .as_ref()?
+            .answers
+            .iter()
+            .filter_map(|r| r.score)
+            .max()
     }
 
     /// The first country any provider gave.
     pub fn country(&self) -> Option<&str> {
-        self.reputation.as_ref()?.answers.iter().find_map(|r| r.country.as_deref())
+        self.reputation
+            .as_ref()?
+            .answers
+            .iter()
+            .find_map(|r| r.country.as_deref())
     }
 }
 
@@ -89,9 +99,7 @@ struct Counters {
 }
 
 fn triple(rule: &Arc<str>) -> [Counter; 3] {
-    let c = |d: &'static str| {
-        metrics::counter!(crate::metrics::REQUESTS, "decision" => d, "rule" => rule.to_string())
-    };
+    let c = |d: &'static str| metrics::counter!(crate::metrics::REQUESTS, "decision" => d, "rule" => rule.to_string());
     [c("allow"), c("block"), c("dry_run_block")]
 }
 
@@ -101,6 +109,7 @@ const BLOCK_LIST: &str = "block-list";
 const INVALID: &str = "invalid-client-ip";
 const DEFAULT: &str = "default";
 const LOOKUP_ERROR: &str = "lookup-error";
+const LOOKUP_PENDING: &str = "lookup-pending";
 
 /// Everything a decision reads, swapped as a whole on reload.
 pub(crate) struct Live {
@@ -113,8 +122,9 @@ pub(crate) struct Live {
     source: Arc<dyn ReputationSource>,
     pub(crate) block_page: BlockPage,
     pub(crate) upstream: Option<crate::proxy::Upstream>,
+    cache: Option<ReputationCache>,
     counters: Counters,
-    names: [Arc<str>; 6],
+    names: [Arc<str>; 7],
     rule_reasons: Vec<Arc<str>>,
 }
 
@@ -137,7 +147,16 @@ impl Live {
         let allow = config.lists.allow.iter().map(|c| c.0).collect();
         let block = config.lists.block.iter().map(|c| c.0).collect();
         let policy = Policy::compile(&config, list_index);
-        let names = [BAN, ALLOW_LIST, BLOCK_LIST, INVALID, DEFAULT, LOOKUP_ERROR].map(Arc::<str>::from);
+        let names = [
+            BAN,
+            ALLOW_LIST,
+            BLOCK_LIST,
+            INVALID,
+            DEFAULT,
+            LOOKUP_ERROR,
+            LOOKUP_PENDING,
+        ]
+        .map(Arc::<str>::from);
         let counters = Counters {
             rules: policy.rules().iter().map(|r| triple(&r.name)).collect(),
             fixed: names.iter().map(|n| (n.clone(), triple(n))).collect(),
@@ -159,6 +178,7 @@ impl Live {
             source,
             block_page,
             upstream,
+            cache: None,
             counters,
             names,
             rule_reasons,
@@ -173,7 +193,12 @@ impl Live {
         };
         let counters = match rule_index {
             Some(i) => self.counters.rules.get(i),
-            None => self.counters.fixed.iter().find(|(n, _)| Arc::ptr_eq(n, rule)).map(|(_, c)| c),
+            None => self
+                .counters
+                .fixed
+                .iter()
+                .find(|(n, _)| Arc::ptr_eq(n, rule))
+                .map(|(_, c)| c),
         };
         if let Some(c) = counters {
             c[slot].increment(1);
@@ -184,6 +209,10 @@ impl Live {
 struct Inner {
     live: ArcSwap<Live>,
     bans: Bans,
+    /// A source given by the embedding application (kept across reloads).
+    custom_source: Option<Arc<dyn ReputationSource>>,
+    /// Serializes reloads.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// The gate: cheap to clone, reloadable, shared by the server and the tower layer.
@@ -201,19 +230,44 @@ impl std::fmt::Debug for Gate {
 impl Gate {
     /// Builds a gate from a validated configuration.
     pub async fn from_config(config: Config) -> Result<Gate, GateError> {
-        Self::with_source(config, Arc::new(NoReputation)).await
+        Self::build(config, None).await
     }
 
-    /// Builds a gate that asks `source` for reputation (for embedding and tests).
-    pub async fn with_source(config: Config, source: Arc<dyn ReputationSource>) -> Result<Gate, GateError> {
-        let live = build_live(config, source).await?;
-        Ok(Gate { inner: Arc::new(Inner { live: ArcSwap::from_pointee(live), bans: Bans::default() }) })
+    /// Builds a gate that asks `source` for reputation instead of the configured
+    /// providers and cache (for embedding and tests).
+    pub async fn with_source(
+        config: Config,
+        source: Arc<dyn ReputationSource>,
+    ) -> Result<Gate, GateError> {
+        Self::build(config, Some(source)).await
+    }
+
+    async fn build(
+        config: Config,
+        custom_source: Option<Arc<dyn ReputationSource>>,
+    ) -> Result<Gate, GateError> {
+        let live = build_live(config, None, custom_source.clone()).await?;
+        Ok(Gate {
+            inner: Arc::new(Inner {
+                live: ArcSwap::from_pointee(live),
+                bans: Bans::default(),
+                custom_source,
+                reloading: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The reputation cache, when the gate uses the configured providers: read, evict
+    /// and flush entries (the admin API uses it).
+    pub fn reputation_cache(&self) -> Option<ReputationCache> {
+        self.inner.live.load().cache.clone()
     }
 
     /// Replaces the configuration; on error the old one stays in force.
     pub async fn reload(&self, config: Config) -> Result<(), GateError> {
-        let source = self.inner.live.load().source.clone();
-        match build_live(config, source).await {
+        let _one_at_a_time = self.inner.reloading.lock().await;
+        let previous = self.inner.live.load_full();
+        match build_live(config, Some(&previous), self.inner.custom_source.clone()).await {
             Ok(live) => {
                 self.inner.live.store(Arc::new(live));
                 metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "ok").increment(1);
@@ -259,7 +313,11 @@ impl Gate {
                 tracing::info!(peer = %peer, error = %e, "request refused: invalid client IP");
                 Decision {
                     client_ip: peer.to_canonical(),
-                    action: if dry_run { Action::Allow } else { Action::Block },
+                    action: if dry_run {
+                        Action::Allow
+                    } else {
+                        Action::Block
+                    },
                     verdict: Action::Block,
                     rule,
                     reason: Arc::from(e.to_string()),
@@ -275,10 +333,16 @@ impl Gate {
         let rule = live.names[3].clone();
         let dry_run = live.config.mode == Mode::DryRun;
         live.count(None, &rule, Action::Block, dry_run);
-        tracing::warn!("request without a peer address: serve with into_make_service_with_connect_info::<SocketAddr>() or insert ipgate::ClientIp");
+        tracing::warn!(
+            "request without a peer address: serve with into_make_service_with_connect_info::<SocketAddr>() or insert ipgate::ClientIp"
+        );
         Decision {
             client_ip: IpAddr::from([0, 0, 0, 0]),
-            action: if dry_run { Action::Allow } else { Action::Block },
+            action: if dry_run {
+                Action::Allow
+            } else {
+                Action::Block
+            },
             verdict: Action::Block,
             rule,
             reason: Arc::from("no peer address for the request"),
@@ -297,28 +361,58 @@ impl Gate {
         let ip = ip.to_canonical();
         let mut reputation = None;
         let (verdict, rule, reason, index) = if let Some(ban) = self.inner.bans.find(ip) {
-            let reason = if ban.reason.is_empty() { format!("banned ({})", ban.cidr) } else { ban.reason };
-            (Action::Block, live.names[0].clone(), Arc::from(reason), None)
+            let reason = if ban.reason.is_empty() {
+                format!("banned ({})", ban.cidr)
+            } else {
+                ban.reason
+            };
+            (
+                Action::Block,
+                live.names[0].clone(),
+                Arc::from(reason),
+                None,
+            )
         } else if live.allow.contains(ip) {
-            (Action::Allow, live.names[1].clone(), live.names[1].clone(), None)
+            (
+                Action::Allow,
+                live.names[1].clone(),
+                live.names[1].clone(),
+                None,
+            )
         } else if live.block.contains(ip) {
-            (Action::Block, live.names[2].clone(), live.names[2].clone(), None)
+            (
+                Action::Block,
+                live.names[2].clone(),
+                live.names[2].clone(),
+                None,
+            )
         } else {
             let outcome = match live.policy.evaluate(ip, live.facts.as_ref(), None, 0, None) {
                 Ok(o) => o,
                 Err(from) => {
-                    let l = Arc::new(lookup(live, ip).await);
-                    let o = live.policy.evaluate(ip, live.facts.as_ref(), Some(&l), from, None);
+                    let l = match live.source.cached(ip) {
+                        Some(l) => l,
+                        None => lookup(live, ip).await,
+                    };
+                    let o = if l.pending {
+                        Outcome::Pending(live.config.lookup.on_miss)
+                    } else {
+                        // With a lookup given, evaluation always ends.
+                        live.policy
+                            .evaluate(ip, live.facts.as_ref(), Some(&l), from, None)
+                            .unwrap_or(Outcome::Default(live.config.default))
+                    };
                     reputation = Some(l);
-                    // With a lookup given, evaluation always ends.
-                    o.unwrap_or(Outcome::Default(live.config.default))
+                    o
                 }
             };
             self.outcome_parts(live, &outcome, reputation.as_deref())
         };
         let dry_run = live.config.mode == Mode::DryRun;
         live.count(index, &rule, verdict, dry_run);
-        live.counters.seconds.record(started.elapsed().as_secs_f64());
+        live.counters
+            .seconds
+            .record(started.elapsed().as_secs_f64());
         if verdict == Action::Block {
             tracing::debug!(ip = %ip, rule = %rule, dry_run, "blocked");
         }
@@ -342,23 +436,42 @@ impl Gate {
             Outcome::Rule { index, action } => (
                 action,
                 live.policy.rule_name(outcome).clone(),
-                live.rule_reasons.get(index).cloned().unwrap_or_else(|| live.names[4].clone()),
+                live.rule_reasons
+                    .get(index)
+                    .cloned()
+                    .unwrap_or_else(|| live.names[4].clone()),
                 Some(index),
             ),
-            Outcome::Default(action) => (action, live.names[4].clone(), live.names[4].clone(), None),
+            Outcome::Default(action) => {
+                (action, live.names[4].clone(), live.names[4].clone(), None)
+            }
+            Outcome::Pending(action) => {
+                (action, live.names[6].clone(), live.names[6].clone(), None)
+            }
             Outcome::LookupFailed { index, action } => {
                 live.counters.lookup_failures.increment(1);
                 let why = rep
                     .map(|l| {
-                        l.errors.iter().map(|(p, e)| format!("{p}: {e}")).collect::<Vec<_>>().join("; ")
+                        l.errors
+                            .iter()
+                            .map(|(p, e)| format!("{p}: {e}"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     })
                     .unwrap_or_default();
-                let rule_name = live.policy.rules().get(index).map(|r| r.name.to_string()).unwrap_or_default();
+                let rule_name = live
+                    .policy
+                    .rules()
+                    .get(index)
+                    .map(|r| r.name.to_string())
+                    .unwrap_or_default();
                 tracing::info!(rule = %rule_name, errors = %why, action = action.as_str(), "no reputation available; lookup.on_error decides");
                 (
                     action,
                     live.names[5].clone(),
-                    Arc::from(format!("rule `{rule_name}` needs reputation and none is available ({why})")),
+                    Arc::from(format!(
+                        "rule `{rule_name}` needs reputation and none is available ({why})"
+                    )),
                     None,
                 )
             }
@@ -383,13 +496,18 @@ impl Gate {
         }
         lists.extend(crate::gate::facts_names(&live, ip));
         let mut trace = Vec::new();
-        let mut rep: Option<Lookup> = None;
-        let d = self.decide_with_lookup_mode(&live, ip, allow_lookup, &mut trace, &mut rep).await;
+        let mut rep: Option<Arc<Lookup>> = None;
+        let d = self
+            .decide_with_lookup_mode(&live, ip, allow_lookup, &mut trace, &mut rep)
+            .await;
         let mut reputation = serde_json::Map::new();
         let (mut errors, mut cached) = (Vec::new(), false);
         if let Some(l) = &rep {
             for a in &l.answers {
-                reputation.insert(a.provider.clone(), serde_json::to_value(a).unwrap_or_default());
+                reputation.insert(
+                    a.provider.clone(),
+                    serde_json::to_value(a).unwrap_or_default(),
+                );
             }
             errors = l.errors.clone();
             cached = l.cached;
@@ -414,24 +532,30 @@ impl Gate {
         ip: IpAddr,
         allow_lookup: bool,
         trace: &mut Vec<TraceStep>,
-        rep: &mut Option<Lookup>,
+        rep: &mut Option<Arc<Lookup>>,
     ) -> Decision {
-        if self.inner.bans.find(ip).is_some() || live.allow.contains(ip) || live.block.contains(ip) {
+        if self.inner.bans.find(ip).is_some() || live.allow.contains(ip) || live.block.contains(ip)
+        {
             return self.decide_with(live, ip).await;
         }
-        let outcome = match live.policy.evaluate(ip, live.facts.as_ref(), None, 0, Some(trace)) {
+        let outcome = match live
+            .policy
+            .evaluate(ip, live.facts.as_ref(), None, 0, Some(trace))
+        {
             Ok(o) => o,
             Err(from) => {
                 let l = if allow_lookup {
                     lookup(live, ip).await
                 } else {
                     let l = live.source.lookup(ip, false).await;
-                    if l.answers.is_empty() {
-                        Lookup {
-                            answers: Vec::new(),
-                            errors: vec![("cache".into(), "not cached (use --lookup to ask the providers)".into())],
-                            cached: false,
-                        }
+                    if l.answers.is_empty() && l.errors.is_empty() {
+                        Arc::new(Lookup {
+                            errors: vec![(
+                                "cache".into(),
+                                "not cached (use --lookup to ask the providers)".into(),
+                            )],
+                            ..Lookup::default()
+                        })
                     } else {
                         l
                     }
@@ -444,7 +568,7 @@ impl Gate {
                 o
             }
         };
-        let (verdict, rule, reason, _) = self.outcome_parts(live, &outcome, rep.as_ref());
+        let (verdict, rule, reason, _) = self.outcome_parts(live, &outcome, rep.as_deref());
         let dry_run = live.config.mode == Mode::DryRun;
         Decision {
             client_ip: ip,
@@ -452,7 +576,7 @@ impl Gate {
             verdict,
             rule,
             reason,
-            reputation: rep.clone().map(Arc::new),
+            reputation: rep.clone(),
         }
     }
 
@@ -467,27 +591,62 @@ impl Gate {
     }
 
     /// Renders the block response for a decision.
-    pub fn block_response(&self, decision: &Decision, accept: Option<&http::HeaderValue>) -> BlockBody {
+    pub fn block_response(
+        &self,
+        decision: &Decision,
+        accept: Option<&http::HeaderValue>,
+    ) -> BlockBody {
         self.live().block_page.render(decision, accept)
     }
 }
 
 /// Asks the reputation source, bounded by `lookup.timeout`.
-async fn lookup(live: &Live, ip: IpAddr) -> Lookup {
+async fn lookup(live: &Live, ip: IpAddr) -> Arc<Lookup> {
     let timeout = live.config.lookup.timeout.0;
     match tokio::time::timeout(timeout, live.source.lookup(ip, true)).await {
         Ok(l) => l,
-        Err(_) => Lookup {
-            answers: Vec::new(),
-            errors: vec![("lookup".into(), format!("timed out after {}", crate::config::format_duration(timeout)))],
-            cached: false,
-        },
+        Err(_) => Arc::new(Lookup {
+            errors: vec![(
+                "lookup".into(),
+                format!(
+                    "timed out after {}",
+                    crate::config::format_duration(timeout)
+                ),
+            )],
+            ..Lookup::default()
+        }),
     }
 }
 
-async fn build_live(config: Config, source: Arc<dyn ReputationSource>) -> Result<Live, GateError> {
+async fn build_live(
+    config: Config,
+    previous: Option<&Live>,
+    custom_source: Option<Arc<dyn ReputationSource>>,
+) -> Result<Live, GateError> {
+    let (source, cache): (Arc<dyn ReputationSource>, Option<ReputationCache>) = match custom_source
+    {
+        Some(s) => (s, None),
+        None if config.providers.iocscout.is_none()
+            && config.providers.ipswamp.is_none()
+            && config.providers.file.is_none() =>
+        {
+            (Arc::new(NoReputation), None)
+        }
+        None => {
+            let client =
+                crate::providers::http_client().map_err(|e| GateError::Setup(e.to_string()))?;
+            let providers = crate::providers::build(&config.providers, client)
+                .map_err(|e| GateError::Setup(e.to_string()))?;
+            let cache =
+                ReputationCache::new(&config, providers, previous.and_then(|p| p.cache.as_ref()))
+                    .map_err(|e| GateError::Setup(e.to_string()))?;
+            (Arc::new(cache.clone()), Some(cache))
+        }
+    };
     let facts: Arc<dyn LocalFacts + Send + Sync> = Arc::new(crate::policy::NoLocalFacts);
-    Live::build(config, source, facts, &|_| None)
+    let mut live = Live::build(config, source, facts, &|_| None)?;
+    live.cache = cache;
+    Ok(live)
 }
 
 fn facts_names(_live: &Live, _ip: IpAddr) -> Vec<String> {

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::{header, Request, Response};
+use http::{Request, Response, header};
 use http_body_util::{Either, Full};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -37,7 +37,10 @@ impl GateLayer {
 impl<S> Layer<S> for GateLayer {
     type Service = GateService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        GateService { gate: self.gate.clone(), inner }
+        GateService {
+            gate: self.gate.clone(),
+            inner,
+        }
     }
 }
 
@@ -83,7 +86,11 @@ where
                 None => gate.decide_without_peer(),
             };
             if decision.is_blocked() {
-                return Ok(block_response(&gate, &decision, req.headers().get(header::ACCEPT)));
+                return Ok(block_response(
+                    &gate,
+                    &decision,
+                    req.headers().get(header::ACCEPT),
+                ));
             }
             if decision.verdict == crate::config::Action::Block {
                 tracing::info!(ip = %decision.client_ip, rule = %decision.rule, "dry_run: would block");
@@ -103,7 +110,11 @@ pub fn block_response<B>(
     let page = gate.block_response(decision, accept);
     let mut resp = Response::new(Either::Right(Full::new(page.body)));
     *resp.status_mut() = page.status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, page.content_type);
-    resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, page.content_type);
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     resp
 }

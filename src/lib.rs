@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod bans;
 pub mod block_page;
+pub mod cache;
 pub mod client_ip;
 pub mod config;
 pub mod gate;
@@ -26,6 +27,7 @@ pub mod layer;
 pub mod lists;
 pub mod metrics;
 pub mod policy;
+pub mod providers;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reputation;

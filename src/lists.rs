@@ -14,7 +14,9 @@ pub struct IpSet {
 
 impl std::fmt::Debug for IpSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IpSet").field("entries", &self.len()).finish()
+        f.debug_struct("IpSet")
+            .field("entries", &self.len())
+            .finish()
     }
 }
 
@@ -72,7 +74,10 @@ impl IpSet {
 
     /// Every network, IPv4 first.
     pub fn iter(&self) -> impl Iterator<Item = IpNet> + '_ {
-        self.v4.iter().map(|n| IpNet::V4(*n)).chain(self.v6.iter().map(|n| IpNet::V6(*n)))
+        self.v4
+            .iter()
+            .map(|n| IpNet::V4(*n))
+            .chain(self.v6.iter().map(|n| IpNet::V6(*n)))
     }
 }
 
@@ -91,7 +96,10 @@ mod tests {
     use super::*;
 
     fn set(items: &[&str]) -> IpSet {
-        items.iter().map(|s| crate::config::parse_cidr(s).unwrap().0).collect()
+        items
+            .iter()
+            .map(|s| crate::config::parse_cidr(s).unwrap().0)
+            .collect()
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -124,8 +132,14 @@ mod tests {
     #[test]
     fn most_specific_match_is_reported() {
         let s = set(&["10.0.0.0/8", "10.1.0.0/16"]);
-        assert_eq!(s.matching(ip("10.1.2.3")).unwrap().to_string(), "10.1.0.0/16");
-        assert_eq!(s.matching(ip("10.2.2.3")).unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            s.matching(ip("10.1.2.3")).unwrap().to_string(),
+            "10.1.0.0/16"
+        );
+        assert_eq!(
+            s.matching(ip("10.2.2.3")).unwrap().to_string(),
+            "10.0.0.0/8"
+        );
         assert!(set(&[]).matching(ip("10.0.0.1")).is_none());
     }
 

@@ -25,15 +25,29 @@ pub const LOOKUP_FAILURES: &str = "ipgate_lookup_failures_total";
 
 /// Registers the descriptions with the installed recorder.
 pub fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(REQUESTS, "Requests decided, by decision and rule.");
-    describe_histogram!(DECISION_SECONDS, Unit::Seconds, "Time to decide one request.");
-    describe_counter!(PROVIDER_REQUESTS, "Calls to reputation providers, by outcome.");
-    describe_gauge!(PROVIDER_QUOTA_REMAINING, "Look-ups left today per provider.");
+    describe_histogram!(
+        DECISION_SECONDS,
+        Unit::Seconds,
+        "Time to decide one request."
+    );
+    describe_counter!(
+        PROVIDER_REQUESTS,
+        "Calls to reputation providers, by outcome."
+    );
+    describe_gauge!(
+        PROVIDER_QUOTA_REMAINING,
+        "Look-ups left today per provider."
+    );
     describe_counter!(CACHE_LOOKUPS, "Reputation cache look-ups, by result.");
     describe_gauge!(CACHE_ENTRIES, "Entries in the reputation cache.");
     describe_gauge!(FEED_ENTRIES, "Networks in each feed.");
     describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result.");
-    describe_histogram!(UPSTREAM_SECONDS, Unit::Seconds, "Time to the upstream's response head.");
+    describe_histogram!(
+        UPSTREAM_SECONDS,
+        Unit::Seconds,
+        "Time to the upstream's response head."
+    );
     describe_counter!(LOOKUP_FAILURES, "Decisions made by lookup.on_error.");
 }

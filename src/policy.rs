@@ -79,15 +79,26 @@ impl Cond {
             tor: c.tor,
             vpn: c.vpn,
             scanner: c.scanner,
-            country: c.country.iter().map(|s| s.trim().to_ascii_lowercase()).collect(),
+            country: c
+                .country
+                .iter()
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect(),
             asn: c.asn.clone(),
             // Names were checked by config validation; an unknown one never matches.
-            in_list: c.in_list.iter().map(|n| list_index(n).unwrap_or(usize::MAX)).collect(),
+            in_list: c
+                .in_list
+                .iter()
+                .map(|n| list_index(n).unwrap_or(usize::MAX))
+                .collect(),
             provider: c
                 .provider
                 .as_deref()
                 .and_then(|p| config::PROVIDER_NAMES.iter().copied().find(|n| *n == p)),
-            not: c.not.as_ref().map(|n| Box::new(Cond::compile(n, list_index))),
+            not: c
+                .not
+                .as_ref()
+                .map(|n| Box::new(Cond::compile(n, list_index))),
         }
     }
 
@@ -121,12 +132,16 @@ impl Cond {
             }
         };
         if let Some(want) = self.tor
-            && !all(self.flag(ip, facts, rep, Some(FeedTag::Tor), want, |r| r.tor == Some(true)))
+            && !all(self.flag(ip, facts, rep, Some(FeedTag::Tor), want, |r| {
+                r.tor == Some(true)
+            }))
         {
             return Some(false);
         }
         if let Some(want) = self.vpn
-            && !all(self.flag(ip, facts, rep, Some(FeedTag::Vpn), want, |r| r.vpn == Some(true)))
+            && !all(self.flag(ip, facts, rep, Some(FeedTag::Vpn), want, |r| {
+                r.vpn == Some(true)
+            }))
         {
             return Some(false);
         }
@@ -135,9 +150,7 @@ impl Cond {
         {
             return Some(false);
         }
-        if self.status != 0
-            && !all(self.any(rep, |r| status_bit(r.status) & self.status != 0))
-        {
+        if self.status != 0 && !all(self.any(rep, |r| status_bit(r.status) & self.status != 0)) {
             return Some(false);
         }
         if let Some(n) = self.score_above
@@ -146,15 +159,19 @@ impl Cond {
             return Some(false);
         }
         if self.class != 0
-            && !all(self.any(rep, |r| r.classes.iter().any(|c| class_bit(*c) & self.class != 0)))
+            && !all(self.any(rep, |r| {
+                r.classes.iter().any(|c| class_bit(*c) & self.class != 0)
+            }))
         {
             return Some(false);
         }
         if !self.country.is_empty()
             && !all(self.any(rep, |r| {
-                r.country
-                    .as_deref()
-                    .is_some_and(|c| self.country.iter().any(|w| w.eq_ignore_ascii_case(c.trim())))
+                r.country.as_deref().is_some_and(|c| {
+                    self.country
+                        .iter()
+                        .any(|w| w.eq_ignore_ascii_case(c.trim()))
+                })
             }))
         {
             return Some(false);
@@ -223,6 +240,7 @@ pub struct Policy {
     on_error: Action,
     default_name: Arc<str>,
     on_error_name: Arc<str>,
+    pending_name: Arc<str>,
 }
 
 /// Where evaluation ended.
@@ -234,6 +252,8 @@ pub enum Outcome {
     Default(Action),
     /// A rule needed reputation and no provider could answer.
     LookupFailed { index: usize, action: Action },
+    /// Background look-up started; `lookup.on_miss` decides meanwhile.
+    Pending(Action),
 }
 
 /// One step of an evaluation, for `explain`.
@@ -266,6 +286,7 @@ impl Policy {
             on_error: cfg.lookup.on_error,
             default_name: Arc::from("default"),
             on_error_name: Arc::from("lookup-error"),
+            pending_name: Arc::from("lookup-pending"),
         }
     }
 
@@ -280,6 +301,7 @@ impl Policy {
             Outcome::Rule { index, .. } => &self.rules[*index].name,
             Outcome::Default(_) => &self.default_name,
             Outcome::LookupFailed { .. } => &self.on_error_name,
+            Outcome::Pending(_) => &self.pending_name,
         }
     }
 
@@ -300,15 +322,24 @@ impl Policy {
                 None => match rep {
                     None => {
                         if let Some(t) = trace.as_deref_mut() {
-                            t.push(TraceStep { rule: rule.name.to_string(), result: "needs reputation" });
+                            t.push(TraceStep {
+                                rule: rule.name.to_string(),
+                                result: "needs reputation",
+                            });
                         }
                         return Err(index);
                     }
                     Some(l) if l.failed() => {
                         if let Some(t) = trace.as_deref_mut() {
-                            t.push(TraceStep { rule: rule.name.to_string(), result: "lookup failed" });
+                            t.push(TraceStep {
+                                rule: rule.name.to_string(),
+                                result: "lookup failed",
+                            });
                         }
-                        return Ok(Outcome::LookupFailed { index, action: self.on_error });
+                        return Ok(Outcome::LookupFailed {
+                            index,
+                            action: self.on_error,
+                        });
                     }
                     Some(l) => rule.cond.eval(ip, facts, Some(l)).unwrap_or(false),
                 },
@@ -320,7 +351,10 @@ impl Policy {
                 });
             }
             if result {
-                return Ok(Outcome::Rule { index, action: rule.action });
+                return Ok(Outcome::Rule {
+                    index,
+                    action: rule.action,
+                });
             }
         }
         Ok(Outcome::Default(self.default))

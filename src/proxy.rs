@@ -40,16 +40,34 @@ impl Upstream {
     /// Parses `http://host:port[/prefix]`.
     pub fn parse(url: &str) -> Result<Upstream, String> {
         let uri: Uri = url.parse().map_err(|e| format!("upstream `{url}`: {e}"))?;
-        let scheme = uri.scheme().cloned().ok_or_else(|| format!("upstream `{url}` has no scheme"))?;
-        let authority = uri.authority().cloned().ok_or_else(|| format!("upstream `{url}` has no host"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("upstream `{url}` has no scheme"))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("upstream `{url}` has no host"))?;
         let base_path = uri.path().trim_end_matches('/').to_string();
-        Ok(Upstream { scheme, authority, base_path })
+        Ok(Upstream {
+            scheme,
+            authority,
+            base_path,
+        })
     }
 
     fn uri_for(&self, pq: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
         let pq = pq.map_or("/", |p| p.as_str());
-        let full = if self.base_path.is_empty() { pq.to_string() } else { format!("{}{pq}", self.base_path) };
-        Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone()).path_and_query(full).build()
+        let full = if self.base_path.is_empty() {
+            pq.to_string()
+        } else {
+            format!("{}{pq}", self.base_path)
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(full)
+            .build()
     }
 }
 
@@ -82,9 +100,16 @@ impl Proxy {
 
 /// A plain-text response from the gateway itself.
 pub fn text_response(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
-    let mut r = Response::new(Full::new(Bytes::from_static(msg.as_bytes())).map_err(|n| match n {}).boxed_unsync());
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(msg.as_bytes()))
+            .map_err(|n| match n {})
+            .boxed_unsync(),
+    );
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -95,7 +120,11 @@ fn upgrade_protocol(req_headers: &http::HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if conn_upgrade { req_headers.get(header::UPGRADE).cloned() } else { None }
+    if conn_upgrade {
+        req_headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
 }
 
 impl Service<Request<Incoming>> for Proxy {
@@ -120,17 +149,21 @@ impl Proxy {
             return text_response(StatusCode::BAD_GATEWAY, "no upstream configured\n");
         };
         let cfg = live.config.clone();
-        let peer = req.extensions().get::<ClientIp>().map(|c| c.0).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let peer = req
+            .extensions()
+            .get::<ClientIp>()
+            .map(|c| c.0)
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let decision = req.extensions_mut().remove::<Decision>();
 
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
-        let orig_host = req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let orig_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let uri = match upstream.uri_for(req.uri().path_and_query()) {
             Ok(u) => u,
             Err(_) => return text_response(StatusCode::BAD_REQUEST, "bad request target\n"),
@@ -140,8 +173,18 @@ impl Proxy {
         headers::remove_hop_by_hop(h);
         headers::remove_gateway_headers(h);
         let trusted = live.resolver.is_trusted(peer);
-        headers::set_forwarding(h, peer, trusted, if self.tls { "https" } else { "http" }, orig_host.as_ref());
-        let host = if cfg.preserve_host { orig_host } else { HeaderValue::from_str(upstream.authority.as_str()).ok() };
+        headers::set_forwarding(
+            h,
+            peer,
+            trusted,
+            if self.tls { "https" } else { "http" },
+            orig_host.as_ref(),
+        );
+        let host = if cfg.preserve_host {
+            orig_host
+        } else {
+            HeaderValue::from_str(upstream.authority.as_str()).ok()
+        };
         if let Some(host) = host {
             h.insert(header::HOST, host);
         }
@@ -158,8 +201,10 @@ impl Proxy {
         *req.version_mut() = Version::HTTP_11;
 
         let started = Instant::now();
-        let sent = tokio::time::timeout(cfg.limits.upstream_timeout.0, self.client.request(req)).await;
-        metrics::histogram!(crate::metrics::UPSTREAM_SECONDS).record(started.elapsed().as_secs_f64());
+        let sent =
+            tokio::time::timeout(cfg.limits.upstream_timeout.0, self.client.request(req)).await;
+        metrics::histogram!(crate::metrics::UPSTREAM_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         let mut resp = match sent {
             Err(_) => {
                 tracing::warn!(upstream = %upstream.authority, "upstream timed out");
@@ -194,7 +239,11 @@ impl Proxy {
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
             });
-            return resp.map(|_| http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync());
+            return resp.map(|_| {
+                http_body_util::Empty::new()
+                    .map_err(|n| match n {})
+                    .boxed_unsync()
+            });
         }
         headers::remove_hop_by_hop(resp.headers_mut());
         resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())

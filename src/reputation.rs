@@ -150,6 +150,10 @@ pub struct Lookup {
     pub errors: Vec<(String, String)>,
     /// Whether every answer came from the cache.
     pub cached: bool,
+    /// Background mode: the look-up has started and nothing is known yet
+    /// (`lookup.on_miss` decides this request).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 impl Lookup {
@@ -168,12 +172,17 @@ impl Lookup {
 /// Where the gate gets reputation from. The providers and the cache implement it;
 /// [`NoReputation`] answers nothing, so `lookup.on_error` decides.
 pub trait ReputationSource: Send + Sync + 'static {
+    /// A fresh cached answer, without waiting (the hot path).
+    fn cached(&self, _ip: IpAddr) -> Option<std::sync::Arc<Lookup>> {
+        None
+    }
+
     /// Reputation for `ip`, looking it up when `allow_remote` (cache only otherwise).
     fn lookup(
         &self,
         ip: IpAddr,
         allow_remote: bool,
-    ) -> futures_util::future::BoxFuture<'_, Lookup>;
+    ) -> futures_util::future::BoxFuture<'_, std::sync::Arc<Lookup>>;
 
     /// Reasons this source is not ready (a provider disabled, ...); empty when ready.
     fn problems(&self) -> Vec<String> {
@@ -191,11 +200,17 @@ pub trait ReputationSource: Send + Sync + 'static {
 pub struct NoReputation;
 
 impl ReputationSource for NoReputation {
-    fn lookup(&self, _ip: IpAddr, _allow_remote: bool) -> futures_util::future::BoxFuture<'_, Lookup> {
-        Box::pin(std::future::ready(Lookup {
-            answers: Vec::new(),
-            errors: vec![("none".to_string(), "no reputation provider configured".to_string())],
-            cached: false,
-        }))
+    fn lookup(
+        &self,
+        _ip: IpAddr,
+        _allow_remote: bool,
+    ) -> futures_util::future::BoxFuture<'_, std::sync::Arc<Lookup>> {
+        Box::pin(std::future::ready(std::sync::Arc::new(Lookup {
+            errors: vec![(
+                "none".to_string(),
+                "no reputation provider configured".to_string(),
+            )],
+            ..Lookup::default()
+        })))
     }
 }

@@ -32,7 +32,9 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("tls: {0}")]
     Tls(String),
-    #[error("`upstream` is required to run the gateway (set it in the config, or use --upstream / IPGATE_UPSTREAM)")]
+    #[error(
+        "`upstream` is required to run the gateway (set it in the config, or use --upstream / IPGATE_UPSTREAM)"
+    )]
     NoUpstream,
 }
 
@@ -40,7 +42,9 @@ pub enum ServerError {
 pub async fn bind(gate: &Gate) -> Result<Vec<TcpListener>, ServerError> {
     let mut out = Vec::new();
     for addr in gate.config().listen.iter().copied() {
-        let l = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
         out.push(l);
     }
     Ok(out)
@@ -91,11 +95,14 @@ struct Activity {
 
 impl Activity {
     fn touch(&self) {
-        self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
     fn idle_for(&self) -> Duration {
         let last = self.last_ms.load(Ordering::Relaxed);
-        self.started.elapsed().saturating_sub(Duration::from_millis(last))
+        self.started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
     }
 }
 
@@ -106,7 +113,11 @@ struct IdleIo<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -117,7 +128,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -156,7 +171,11 @@ pub async fn serve(
     if gate.config().upstream.is_none() {
         return Err(ServerError::NoUpstream);
     }
-    let max = gate.config().limits.max_connections.min(Semaphore::MAX_PERMITS);
+    let max = gate
+        .config()
+        .limits
+        .max_connections
+        .min(Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     let tls = match &gate.config().tls {
@@ -187,7 +206,9 @@ pub async fn serve(
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     match tokio::time::timeout(grace, permits.acquire_many(all)).await {
         Ok(_) => tracing::info!("all connections closed"),
-        Err(_) => tracing::warn!(grace = ?grace, "shutdown grace elapsed with connections still open"),
+        Err(_) => {
+            tracing::warn!(grace = ?grace, "shutdown grace elapsed with connections still open")
+        }
     }
     Ok(())
 }
@@ -240,7 +261,9 @@ async fn serve_connection(
     let cfg = gate.config();
     let mut peer_ip: IpAddr = peer.ip().to_canonical();
     if cfg.client_ip.proxy_protocol && gate.live().resolver.is_trusted(peer_ip) {
-        match crate::proxy_protocol::read_header(&mut stream, cfg.limits.header_read_timeout.0).await {
+        match crate::proxy_protocol::read_header(&mut stream, cfg.limits.header_read_timeout.0)
+            .await
+        {
             Ok(Some(src)) => peer_ip = src.ip().to_canonical(),
             Ok(None) => {}
             Err(e) => {
@@ -252,7 +275,9 @@ async fn serve_connection(
     match tls {
         None => serve_io(stream, peer, peer_ip, gate, proxy, stop).await,
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(cfg.limits.header_read_timeout.0, acceptor.accept(stream)).await;
+            let handshake =
+                tokio::time::timeout(cfg.limits.header_read_timeout.0, acceptor.accept(stream))
+                    .await;
             match handshake {
                 Ok(Ok(tls_stream)) => serve_io(tls_stream, peer, peer_ip, gate, proxy, stop).await,
                 Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
@@ -262,13 +287,26 @@ async fn serve_connection(
     }
 }
 
-async fn serve_io<I>(io: I, peer: SocketAddr, peer_ip: IpAddr, gate: Gate, proxy: Proxy, mut stop: watch::Receiver<bool>)
-where
+async fn serve_io<I>(
+    io: I,
+    peer: SocketAddr,
+    peer_ip: IpAddr,
+    gate: Gate,
+    proxy: Proxy,
+    mut stop: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = gate.config();
-    let activity = Arc::new(Activity { started: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) });
-    let io = IdleIo { inner: io, activity: activity.clone() };
+    let activity = Arc::new(Activity {
+        started: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+    });
+    let io = IdleIo {
+        inner: io,
+        activity: activity.clone(),
+    };
 
     let guarded = gate.layer().layer(proxy);
     let act = activity.clone();

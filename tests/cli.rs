@@ -12,25 +12,42 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const BIN: &str = env!("CARGO_BIN_EXE_ipgate");
 
 fn ipgate(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).env_remove("IPGATE_UPSTREAM").output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .env_remove("IPGATE_UPSTREAM")
+        .output()
+        .unwrap()
 }
 
 fn kill(signal: &str, pid: u32) {
-    let ok = Command::new("kill").args([signal, &pid.to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill {signal} {pid} failed");
 }
 
 #[test]
 fn the_example_policy_validates_on_a_fresh_machine() {
     let out = Command::new(BIN)
-        .args(["validate", "-c", concat!(env!("CARGO_MANIFEST_DIR"), "/policy.example.yaml")])
+        .args([
+            "validate",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/policy.example.yaml"),
+        ])
         .env_remove("IOCSCOUT_API_KEY")
         .env_remove("IPSWAMP_API_KEY")
         .env_remove("IPGATE_ADMIN_TOKEN")
         .env_remove("IPGATE_UPSTREAM")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -42,15 +59,31 @@ fn validate_reports_every_error_with_position_and_key() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     let file = f.display().to_string();
-    assert!(err.contains(&format!("{file}:3:")) && err.contains("lists.block") && err.contains("300.1.1.1"), "{err}");
-    assert!(err.contains(&format!("{file}:5:")) && err.contains("cache.error_ttl") && err.contains("5min"), "{err}");
-    assert!(err.contains(&format!("{file}:7:")) && err.contains("nope"), "{err}");
+    assert!(
+        err.contains(&format!("{file}:3:"))
+            && err.contains("lists.block")
+            && err.contains("300.1.1.1"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{file}:5:"))
+            && err.contains("cache.error_ttl")
+            && err.contains("5min"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{file}:7:")) && err.contains("nope"),
+        "{err}"
+    );
 
     std::fs::write(&f, "listen: 127.0.0.1:8080\nlimts: {}\n").unwrap();
     let out = ipgate(&["validate", "-c", f.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{file}:2:1")) && err.contains("limts"), "{err}");
+    assert!(
+        err.contains(&format!("{file}:2:1")) && err.contains("limts"),
+        "{err}"
+    );
 
     let out = ipgate(&["validate", "-c", "/nonexistent/policy.yaml"]);
     assert_eq!(out.status.code(), Some(2));
@@ -65,7 +98,10 @@ fn unset_variable_is_named() {
     let out = ipgate(&["validate", "-c", f.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("IPGATE_TEST_TOKEN_NOT_SET") && err.contains(":2:"), "{err}");
+    assert!(
+        err.contains("IPGATE_TEST_TOKEN_NOT_SET") && err.contains(":2:"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -80,7 +116,10 @@ fn check_explains_the_decision() {
     let out = ipgate(&["check", "-c", f.to_str().unwrap(), "203.0.113.5"]);
     assert_eq!(out.status.code(), Some(0));
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("decision:  block") && s.contains("rule:      block-list"), "{s}");
+    assert!(
+        s.contains("decision:  block") && s.contains("rule:      block-list"),
+        "{s}"
+    );
 
     let out = ipgate(&["check", "-c", f.to_str().unwrap(), "198.51.100.1", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -99,12 +138,21 @@ fn run_exit_codes() {
     let f = dir.path().join("p.yaml");
     std::fs::write(&f, "listen: 127.0.0.1:0\nupstream: ftp://x\n").unwrap();
     let out = ipgate(&["run", "-c", f.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Port in use: exit 1 with the address named.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port();
-    std::fs::write(&f, format!("listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:9\n")).unwrap();
+    std::fs::write(
+        &f,
+        format!("listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:9\n"),
+    )
+    .unwrap();
     let out = ipgate(&["run", "-c", f.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -118,7 +166,11 @@ fn run_exit_codes() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_for_status(url: &str, want: u16) {
@@ -140,7 +192,10 @@ async fn run_reloads_on_sighup_keeps_old_config_on_error_and_drains_on_sigterm()
     let f = dir.path().join("p.yaml");
     let port = free_port();
     let admin = free_port();
-    let base = format!("listen: 127.0.0.1:{port}\nupstream: {}\nadmin: {{ listen: '127.0.0.1:{admin}' }}\n", up.url());
+    let base = format!(
+        "listen: 127.0.0.1:{port}\nupstream: {}\nadmin: {{ listen: '127.0.0.1:{admin}' }}\n",
+        up.url()
+    );
     std::fs::write(&f, &base).unwrap();
     let mut child = tokio::process::Command::new(BIN)
         .args(["run", "-c", f.to_str().unwrap()])
@@ -159,25 +214,53 @@ async fn run_reloads_on_sighup_keeps_old_config_on_error_and_drains_on_sigterm()
     // A broken file is refused; the running policy stays.
     std::fs::write(&f, format!("{base}lists: {{ block: [junk] }}\n")).unwrap();
     kill("-HUP", pid);
-    let r = common::client().post(format!("http://127.0.0.1:{admin}/v1/reload")).send().await.unwrap();
+    let r = common::client()
+        .post(format!("http://127.0.0.1:{admin}/v1/reload"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("junk"));
-    assert_eq!(common::client().get(&url).send().await.unwrap().status(), 403);
+    assert_eq!(
+        common::client().get(&url).send().await.unwrap().status(),
+        403
+    );
 
-    let metrics = common::client().get(format!("http://127.0.0.1:{admin}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("ipgate_config_reloads_total{result=\"ok\"} 1"), "{metrics}");
-    assert!(metrics.contains("ipgate_config_reloads_total{result=\"error\"}"), "{metrics}");
-    assert!(metrics.contains("ipgate_requests_total{decision=\"block\",rule=\"block-list\"}"), "{metrics}");
+    let metrics = common::client()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ipgate_config_reloads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ipgate_config_reloads_total{result=\"error\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ipgate_requests_total{decision=\"block\",rule=\"block-list\"}"),
+        "{metrics}"
+    );
 
     kill("-TERM", pid);
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]
 async fn demo_curl_lines_behave_as_printed() {
     if Command::new("curl").arg("--version").output().is_err() {
-        eprintln!("!!! SKIPPED demo_curl_lines_behave_as_printed: curl is not installed (.ci/run installs it)");
+        eprintln!(
+            "!!! SKIPPED demo_curl_lines_behave_as_printed: curl is not installed (.ci/run installs it)"
+        );
         return;
     }
     let mut child = tokio::process::Command::new(BIN)
@@ -190,21 +273,38 @@ async fn demo_curl_lines_behave_as_printed() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut curls = Vec::new();
     loop {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if line.starts_with("curl ") {
             curls.push(line);
         } else if line.starts_with("Press Ctrl-C") {
             break;
         }
     }
-    assert!(curls.len() >= 4, "the demo printed too few curl lines: {curls:?}");
+    assert!(
+        curls.len() >= 4,
+        "the demo printed too few curl lines: {curls:?}"
+    );
     let (mut allowed, mut blocked) = (0, 0);
     for line in &curls {
-        let (cmd, comment) = line.split_once("# expect ").expect("each curl line says what to expect");
+        let (cmd, comment) = line
+            .split_once("# expect ")
+            .expect("each curl line says what to expect");
         let want = &comment[..3];
-        let out = tokio::process::Command::new("sh").arg("-c").arg(cmd).output().await.unwrap();
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .output()
+            .await
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.trim_end().ends_with(&format!("HTTP {want}")), "`{cmd}` printed {text:?}, expected HTTP {want}");
+        assert!(
+            text.trim_end().ends_with(&format!("HTTP {want}")),
+            "`{cmd}` printed {text:?}, expected HTTP {want}"
+        );
         if want == "200" {
             allowed += 1;
             assert!(text.contains("hello from the demo app"), "{text}");
@@ -214,6 +314,9 @@ async fn demo_curl_lines_behave_as_printed() {
     }
     assert!(allowed >= 1 && blocked >= 1);
     kill("-INT", child.id().unwrap());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }

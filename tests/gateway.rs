@@ -27,7 +27,10 @@ async fn allowed_request_reaches_upstream_intact() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-upstream"], "yes");
-    assert!(!resp.headers().contains_key("keep-alive"), "hop-by-hop header leaked to the client");
+    assert!(
+        !resp.headers().contains_key("keep-alive"),
+        "hop-by-hop header leaked to the client"
+    );
     let echoed = resp.bytes().await.unwrap();
     assert_eq!(echoed.len(), body.len());
     assert!(echoed == body, "response body altered");
@@ -38,7 +41,11 @@ async fn allowed_request_reaches_upstream_intact() {
     assert_eq!(seen.headers["content-type"], "application/octet-stream");
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
-    assert_eq!(seen.headers["host"], gw.addr.to_string(), "preserve_host defaults to true");
+    assert_eq!(
+        seen.headers["host"],
+        gw.addr.to_string(),
+        "preserve_host defaults to true"
+    );
     assert_eq!(seen.headers["x-forwarded-host"], gw.addr.to_string());
     assert!(seen.body == body, "request body altered");
     gw.shutdown().await;
@@ -47,13 +54,28 @@ async fn allowed_request_reaches_upstream_intact() {
 #[tokio::test]
 async fn blocked_gets_403_and_upstream_sees_nothing() {
     let up = upstream::start().await;
-    let gw = TestGateway::start(&format!("{BASE}lists: {{ block: [127.0.0.0/8] }}\n"), &up.url()).await;
+    let gw = TestGateway::start(
+        &format!("{BASE}lists: {{ block: [127.0.0.0/8] }}\n"),
+        &up.url(),
+    )
+    .await;
     let resp = client().get(gw.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 403);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let text = resp.text().await.unwrap();
     assert!(text.contains("127.0.0.1"), "{text}");
-    let resp = client().post(gw.url("/x")).header("accept", "application/json").body("data").send().await.unwrap();
+    let resp = client()
+        .post(gw.url("/x"))
+        .header("accept", "application/json")
+        .body("data")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 403);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["rule"], "block-list");
@@ -79,12 +101,26 @@ async fn allow_list_beats_block_list_and_rules() {
 async fn untrusted_forwarded_for_is_ignored() {
     let up = upstream::start().await;
     // Nobody is trusted: the peer (127.0.0.1) is the client whatever the headers say.
-    let yaml = format!("{BASE}lists: {{ block: [203.0.113.0/24], allow: [198.51.100.0/24] }}\nrules: [{{ name: rest, when: {{ not: {{ in_list: [] }} }}, action: allow }}]\n");
+    let yaml = format!(
+        "{BASE}lists: {{ block: [203.0.113.0/24], allow: [198.51.100.0/24] }}\nrules: [{{ name: rest, when: {{ not: {{ in_list: [] }} }}, action: allow }}]\n"
+    );
     let gw = TestGateway::start(&yaml, &up.url()).await;
-    let resp = client().get(gw.url("/")).header("x-forwarded-for", "203.0.113.7").send().await.unwrap();
-    assert_eq!(resp.status(), 200, "an untrusted X-Forwarded-For decided the client");
+    let resp = client()
+        .get(gw.url("/"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "an untrusted X-Forwarded-For decided the client"
+    );
     let seen = up.seen.last();
-    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1", "spoofed X-Forwarded-For passed on");
+    assert_eq!(
+        seen.headers["x-forwarded-for"], "127.0.0.1",
+        "spoofed X-Forwarded-For passed on"
+    );
     gw.shutdown().await;
 }
 
@@ -97,10 +133,20 @@ async fn trusted_forwarded_for_is_read_rightmost_first() {
     let gw = TestGateway::start(&yaml, &up.url()).await;
     let c = client();
     // The client prepended a fake address: the rightmost untrusted entry decides.
-    let r = c.get(gw.url("/")).header("x-forwarded-for", "203.0.113.7, 198.51.100.1, 10.1.1.1").send().await.unwrap();
+    let r = c
+        .get(gw.url("/"))
+        .header("x-forwarded-for", "203.0.113.7, 198.51.100.1, 10.1.1.1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.seen.last().headers["x-ipgate-client-ip"], "198.51.100.1");
-    let r = c.get(gw.url("/")).header("x-forwarded-for", "198.51.100.1, 203.0.113.7").send().await.unwrap();
+    let r = c
+        .get(gw.url("/"))
+        .header("x-forwarded-for", "198.51.100.1, 203.0.113.7")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     // Several header lines count, joined in order.
     let r = c
@@ -112,7 +158,13 @@ async fn trusted_forwarded_for_is_read_rightmost_first() {
         .unwrap();
     assert_eq!(r.status(), 403);
     // Junk fails closed.
-    let r = c.get(gw.url("/")).header("x-forwarded-for", "198.51.100.1, unknown").header("accept", "application/json").send().await.unwrap();
+    let r = c
+        .get(gw.url("/"))
+        .header("x-forwarded-for", "198.51.100.1, unknown")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["rule"], "invalid-client-ip");
@@ -122,7 +174,11 @@ async fn trusted_forwarded_for_is_read_rightmost_first() {
 #[tokio::test]
 async fn dual_stack_listener_matches_ipv4_lists() {
     let up = upstream::start().await;
-    let yaml = format!("listen: '[::]:0'\nupstream: {{upstream}}\nlists: {{ block: [127.0.0.0/8] }}\n");
+    let yaml = "listen: '[::]:0'
+upstream: {upstream}
+lists: { block: [127.0.0.0/8] }
+"
+    .to_string();
     let cfg = ipgate::Config::from_yaml(&yaml.replace("{upstream}", &up.url()), "t").unwrap();
     let gate = ipgate::Gate::from_config(cfg).await.unwrap();
     let listeners = match ipgate::server::bind(&gate).await {
@@ -143,8 +199,16 @@ async fn dual_stack_listener_matches_ipv4_lists() {
         .unwrap();
     });
     // Connect over IPv4 to the [::] listener: the peer is ::ffff:127.0.0.1.
-    let r = client().get(format!("http://127.0.0.1:{port}/")).send().await.unwrap();
-    assert_eq!(r.status(), 403, "::ffff:127.0.0.1 did not match 127.0.0.0/8");
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "::ffff:127.0.0.1 did not match 127.0.0.0/8"
+    );
     assert_eq!(up.seen.count(), 0);
     let _ = tx.send(());
     let _ = task.await;
@@ -154,11 +218,21 @@ async fn dual_stack_listener_matches_ipv4_lists() {
 async fn websocket_is_tunnelled() {
     let up = upstream::start().await;
     let gw = TestGateway::start(BASE, &up.url()).await;
-    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr)).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 101);
     for i in 0..3 {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(format!("hi {i}"))).await.unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(format!(
+            "hi {i}"
+        )))
+        .await
+        .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(got.into_text().unwrap().as_str(), format!("echo: hi {i}"));
     }
     ws.close(None).await.unwrap();
@@ -168,8 +242,14 @@ async fn websocket_is_tunnelled() {
 #[tokio::test]
 async fn websocket_from_blocked_client_is_refused() {
     let up = upstream::start().await;
-    let gw = TestGateway::start(&format!("{BASE}lists: {{ block: [127.0.0.1] }}\n"), &up.url()).await;
-    let err = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr)).await.unwrap_err();
+    let gw = TestGateway::start(
+        &format!("{BASE}lists: {{ block: [127.0.0.1] }}\n"),
+        &up.url(),
+    )
+    .await;
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
+        .await
+        .unwrap_err();
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 403),
         other => panic!("expected an HTTP 403, got {other}"),
@@ -181,15 +261,28 @@ async fn websocket_from_blocked_client_is_refused() {
 async fn h2c_request_is_proxied() {
     let up = upstream::start().await;
     let gw = TestGateway::start(BASE, &up.url()).await;
-    let c = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
-    let r = c.post(gw.url("/h2?x=1")).body("over h2").send().await.unwrap();
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = c
+        .post(gw.url("/h2?x=1"))
+        .body("over h2")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.version(), http::Version::HTTP_2);
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "over h2");
     let seen = up.seen.last();
     assert_eq!(seen.uri, "/h2?x=1");
     assert_eq!(seen.version, http::Version::HTTP_11);
-    assert_eq!(seen.headers["host"], gw.addr.to_string(), "Host derived from :authority");
+    assert_eq!(
+        seen.headers["host"],
+        gw.addr.to_string(),
+        "Host derived from :authority"
+    );
     gw.shutdown().await;
 }
 
@@ -202,7 +295,11 @@ async fn upstream_down_gives_502_and_slow_gives_504() {
     gw.shutdown().await;
 
     let up = upstream::start().await;
-    let gw = TestGateway::start(&format!("{BASE}limits: {{ upstream_timeout: 300ms }}\n"), &up.url()).await;
+    let gw = TestGateway::start(
+        &format!("{BASE}limits: {{ upstream_timeout: 300ms }}\n"),
+        &up.url(),
+    )
+    .await;
     let r = client().get(gw.url("/slow")).send().await.unwrap();
     assert_eq!(r.status(), 504);
     gw.shutdown().await;
@@ -218,11 +315,17 @@ async fn hop_by_hop_and_gateway_headers_are_stripped() {
                Proxy-Authorization: Basic abc\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n";
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let seen = up.seen.last();
     for gone in ["x-private", "keep-alive", "proxy-authorization"] {
-        assert!(!seen.headers.contains_key(gone), "{gone} reached the upstream");
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} reached the upstream"
+        );
     }
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-host"], "app.test");
@@ -236,7 +339,12 @@ async fn hop_by_hop_and_gateway_headers_are_stripped() {
 async fn preserve_host_false_sends_the_upstream_authority() {
     let up = upstream::start().await;
     let gw = TestGateway::start(&format!("{BASE}preserve_host: false\n"), &up.url()).await;
-    client().get(gw.url("/")).header("host", "app.test").send().await.unwrap();
+    client()
+        .get(gw.url("/"))
+        .header("host", "app.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(up.seen.last().headers["host"], up.addr.to_string());
     gw.shutdown().await;
 }
@@ -244,7 +352,11 @@ async fn preserve_host_false_sends_the_upstream_authority() {
 #[tokio::test]
 async fn slow_headers_are_cut_off() {
     let up = upstream::start().await;
-    let gw = TestGateway::start(&format!("{BASE}limits: {{ header_read_timeout: 300ms }}\n"), &up.url()).await;
+    let gw = TestGateway::start(
+        &format!("{BASE}limits: {{ header_read_timeout: 300ms }}\n"),
+        &up.url(),
+    )
+    .await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let mut buf = [0u8; 512];
@@ -258,7 +370,10 @@ async fn slow_headers_are_cut_off() {
         }
     })
     .await;
-    assert!(r.is_ok(), "a client that never finished its headers was not cut off");
+    assert!(
+        r.is_ok(),
+        "a client that never finished its headers was not cut off"
+    );
     assert_eq!(up.seen.count(), 0);
     gw.shutdown().await;
 }
@@ -266,9 +381,15 @@ async fn slow_headers_are_cut_off() {
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
     let up = upstream::start().await;
-    let gw = TestGateway::start(&format!("{BASE}limits: {{ idle_timeout: 300ms }}\n"), &up.url()).await;
+    let gw = TestGateway::start(
+        &format!("{BASE}limits: {{ idle_timeout: 300ms }}\n"),
+        &up.url(),
+    )
+    .await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(n > 0);
@@ -288,18 +409,32 @@ async fn idle_keep_alive_connections_are_closed() {
 #[tokio::test]
 async fn connection_limit_makes_extra_clients_wait() {
     let up = upstream::start().await;
-    let gw = TestGateway::start(&format!("{BASE}limits: {{ max_connections: 1 }}\n"), &up.url()).await;
+    let gw = TestGateway::start(
+        &format!("{BASE}limits: {{ max_connections: 1 }}\n"),
+        &up.url(),
+    )
+    .await;
     let mut a = TcpStream::connect(gw.addr).await.unwrap();
-    a.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    a.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 4096];
     assert!(a.read(&mut buf).await.unwrap() > 0);
     // A second connection is accepted by the kernel but not served while `a` is open.
     let mut b = TcpStream::connect(gw.addr).await.unwrap();
-    b.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    b.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let early = tokio::time::timeout(Duration::from_millis(400), b.read(&mut buf)).await;
-    assert!(early.is_err(), "the second connection was served beyond max_connections");
+    assert!(
+        early.is_err(),
+        "the second connection was served beyond max_connections"
+    );
     drop(a);
-    let n = tokio::time::timeout(Duration::from_secs(5), b.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), b.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     gw.shutdown().await;
 }
@@ -323,13 +458,20 @@ async fn shutdown_drains_in_flight_requests() {
     let r = in_flight.await.unwrap().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "slow done");
-    assert!(TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
 }
 
 #[tokio::test]
 async fn dry_run_decides_but_never_blocks() {
     let up = upstream::start().await;
-    let gw = TestGateway::start(&format!("{BASE}mode: dry_run\nupstream_headers: true\nlists: {{ block: [127.0.0.1] }}\n"), &up.url()).await;
+    let gw = TestGateway::start(
+        &format!("{BASE}mode: dry_run\nupstream_headers: true\nlists: {{ block: [127.0.0.1] }}\n"),
+        &up.url(),
+    )
+    .await;
     let r = client().get(gw.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.seen.last().headers["x-ipgate-decision"], "dry_run_block");
@@ -342,11 +484,17 @@ async fn block_page_template_is_rendered_and_escaped() {
     let page = dir.path().join("blocked.html");
     std::fs::write(&page, "<p>Denied: {ip} by {rule}</p>").unwrap();
     let up = upstream::start().await;
-    let yaml = format!("{BASE}block_response: {{ status: 451, html: '{}' }}\nlists: {{ block: [127.0.0.1] }}\n", page.display());
+    let yaml = format!(
+        "{BASE}block_response: {{ status: 451, html: '{}' }}\nlists: {{ block: [127.0.0.1] }}\n",
+        page.display()
+    );
     let gw = TestGateway::start(&yaml, &up.url()).await;
     let r = client().get(gw.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 451);
-    assert_eq!(r.text().await.unwrap(), "<p>Denied: 127.0.0.1 by block-list</p>");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "<p>Denied: 127.0.0.1 by block-list</p>"
+    );
     gw.shutdown().await;
 }
 
@@ -354,15 +502,32 @@ async fn block_page_template_is_rendered_and_escaped() {
 async fn reload_swaps_the_policy_and_a_bad_one_is_refused() {
     let up = upstream::start().await;
     let gw = TestGateway::start(BASE, &up.url()).await;
-    assert_eq!(client().get(gw.url("/")).send().await.unwrap().status(), 200);
-    let cfg = ipgate::Config::from_yaml(&format!("{BASE}lists: {{ block: [127.0.0.1] }}\n").replace("{upstream}", &up.url()), "t").unwrap();
+    assert_eq!(
+        client().get(gw.url("/")).send().await.unwrap().status(),
+        200
+    );
+    let cfg = ipgate::Config::from_yaml(
+        &format!("{BASE}lists: {{ block: [127.0.0.1] }}\n").replace("{upstream}", &up.url()),
+        "t",
+    )
+    .unwrap();
     gw.gate.reload(cfg).await.unwrap();
-    assert_eq!(client().get(gw.url("/")).send().await.unwrap().status(), 403);
+    assert_eq!(
+        client().get(gw.url("/")).send().await.unwrap().status(),
+        403
+    );
     let mut bad = ipgate::Config::from_yaml(&BASE.replace("{upstream}", &up.url()), "t").unwrap();
     bad.block_response.html = Some(ipgate::config::Text("/nonexistent/blocked.html".into()));
     let err = gw.gate.reload(bad).await.unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/blocked.html"), "{err}");
-    assert_eq!(client().get(gw.url("/")).send().await.unwrap().status(), 403, "old config not kept");
+    assert!(
+        err.to_string().contains("/nonexistent/blocked.html"),
+        "{err}"
+    );
+    assert_eq!(
+        client().get(gw.url("/")).send().await.unwrap().status(),
+        403,
+        "old config not kept"
+    );
     gw.shutdown().await;
 }
 
@@ -370,13 +535,28 @@ async fn reload_swaps_the_policy_and_a_bad_one_is_refused() {
 async fn temporary_bans_block_until_removed() {
     let up = upstream::start().await;
     let gw = TestGateway::start(BASE, &up.url()).await;
-    gw.gate.bans().add("127.0.0.0/8".parse().unwrap(), Duration::from_secs(60), "test ban".into());
-    let r = client().get(gw.url("/")).header("accept", "application/json").send().await.unwrap();
+    gw.gate.bans().add(
+        "127.0.0.0/8".parse().unwrap(),
+        Duration::from_secs(60),
+        "test ban".into(),
+    );
+    let r = client()
+        .get(gw.url("/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!((v["rule"].as_str(), v["reason"].as_str()), (Some("ban"), Some("test ban")));
+    assert_eq!(
+        (v["rule"].as_str(), v["reason"].as_str()),
+        (Some("ban"), Some("test ban"))
+    );
     assert!(gw.gate.bans().remove("127.0.0.0/8".parse().unwrap()));
-    assert_eq!(client().get(gw.url("/")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client().get(gw.url("/")).send().await.unwrap().status(),
+        200
+    );
     gw.shutdown().await;
 }
 
@@ -388,7 +568,11 @@ async fn tls_is_terminated_with_h2_by_alpn() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     let up = upstream::start().await;
-    let yaml = format!("{BASE}tls: {{ cert: '{}', key: '{}' }}\n", cert_path.display(), key_path.display());
+    let yaml = format!(
+        "{BASE}tls: {{ cert: '{}', key: '{}' }}\n",
+        cert_path.display(),
+        key_path.display()
+    );
     let gw = TestGateway::start(&yaml, &up.url()).await;
     let c = reqwest::Client::builder()
         .no_proxy()
@@ -396,7 +580,11 @@ async fn tls_is_terminated_with_h2_by_alpn() {
         .resolve("localhost", gw.addr)
         .build()
         .unwrap();
-    let r = c.get(format!("https://localhost:{}/tls", gw.addr.port())).send().await.unwrap();
+    let r = c
+        .get(format!("https://localhost:{}/tls", gw.addr.port()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), http::Version::HTTP_2, "ALPN did not pick h2");
     assert_eq!(up.seen.last().headers["x-forwarded-proto"], "https");
@@ -407,6 +595,8 @@ async fn tls_is_terminated_with_h2_by_alpn() {
 
 #[tokio::test]
 async fn bad_tls_files_are_a_clear_error() {
-    let err = ipgate::server::tls_acceptor("/nonexistent/cert.pem", "/nonexistent/key.pem").err().unwrap();
+    let err = ipgate::server::tls_acceptor("/nonexistent/cert.pem", "/nonexistent/key.pem")
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
 }

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::Extension;
 use axum::routing::get;
-use axum::Router;
 use common::client;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -18,14 +18,21 @@ async fn serve(gate: ipgate::Gate, with_connect_info: bool) -> SocketAddr {
     let app = Router::new()
         .route(
             "/",
-            get(|Extension(d): Extension<ipgate::Decision>| async move { format!("{} {} {}", d.client_ip, d.action.as_str(), d.rule) }),
+            get(|Extension(d): Extension<ipgate::Decision>| async move {
+                format!("{} {} {}", d.client_ip, d.action.as_str(), d.rule)
+            }),
         )
         .layer(gate.layer());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         if with_connect_info {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
         } else {
             axum::serve(listener, app).await.unwrap();
         }
@@ -34,13 +41,19 @@ async fn serve(gate: ipgate::Gate, with_connect_info: bool) -> SocketAddr {
 }
 
 async fn gate(yaml: &str) -> ipgate::Gate {
-    ipgate::Gate::from_config(ipgate::Config::from_yaml(yaml, "t").unwrap()).await.unwrap()
+    ipgate::Gate::from_config(ipgate::Config::from_yaml(yaml, "t").unwrap())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn allowed_request_carries_the_decision() {
     let addr = serve(gate("lists: { allow: [127.0.0.1] }").await, true).await;
-    let r = client().get(format!("http://{addr}/")).send().await.unwrap();
+    let r = client()
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "127.0.0.1 allow allow-list");
 }
@@ -48,7 +61,12 @@ async fn allowed_request_carries_the_decision() {
 #[tokio::test]
 async fn blocked_request_is_answered_by_the_layer() {
     let addr = serve(gate("lists: { block: [127.0.0.0/8] }").await, true).await;
-    let r = client().get(format!("http://{addr}/")).header("accept", "application/json").send().await.unwrap();
+    let r = client()
+        .get(format!("http://{addr}/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["rule"], "block-list");
@@ -57,7 +75,12 @@ async fn blocked_request_is_answered_by_the_layer() {
 #[tokio::test]
 async fn without_connect_info_the_layer_fails_closed() {
     let addr = serve(gate("{}").await, false).await;
-    let r = client().get(format!("http://{addr}/")).header("accept", "application/json").send().await.unwrap();
+    let r = client()
+        .get(format!("http://{addr}/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["rule"], "invalid-client-ip");
@@ -67,21 +90,48 @@ async fn without_connect_info_the_layer_fails_closed() {
 async fn layer_honours_reload() {
     let g = gate("{}").await;
     let addr = serve(g.clone(), true).await;
-    assert_eq!(client().get(format!("http://{addr}/")).send().await.unwrap().status(), 200);
-    g.reload(ipgate::Config::from_yaml("lists: { block: [127.0.0.1] }", "t").unwrap()).await.unwrap();
-    assert_eq!(client().get(format!("http://{addr}/")).send().await.unwrap().status(), 403);
+    assert_eq!(
+        client()
+            .get(format!("http://{addr}/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    g.reload(ipgate::Config::from_yaml("lists: { block: [127.0.0.1] }", "t").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        client()
+            .get(format!("http://{addr}/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
 }
 
 fn example_binary() -> PathBuf {
     // target/debug/deps/layer-xxxx -> target/debug/examples/axum
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("examples").join("axum")
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("axum")
 }
 
 #[tokio::test]
 async fn the_axum_example_runs() {
     let bin = example_binary();
-    assert!(bin.exists(), "example not built at {} (cargo test builds examples)", bin.display());
+    assert!(
+        bin.exists(),
+        "example not built at {} (cargo test builds examples)",
+        bin.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, "lists: { block: [127.0.0.2] }\n").unwrap();
@@ -93,15 +143,30 @@ async fn the_axum_example_runs() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let url = line.strip_prefix("listening on ").expect(&line).to_string();
     let r = client().get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "hello 127.0.0.1: allow by default\n");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "hello 127.0.0.1: allow by default\n"
+    );
     // 127.0.0.2 is blocked by the file's policy.
     let port = url.rsplit(':').next().unwrap().trim_end_matches('/');
-    let c = reqwest::Client::builder().no_proxy().local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap()).build().unwrap();
-    let r = c.get(format!("http://127.0.0.1:{port}/")).send().await.unwrap();
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let r = c
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     child.kill().await.unwrap();
 }

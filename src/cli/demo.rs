@@ -19,7 +19,13 @@ use super::Failure;
 const DEMO_POLICY: &str = include_str!("demo_policy.yaml");
 
 async fn demo_app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let h = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+    let h = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
+    };
     let body = format!(
         "hello from the demo app: path={} client={} decision={}\n",
         req.uri().path(),
@@ -30,11 +36,15 @@ async fn demo_app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infal
 }
 
 async fn start_demo_upstream() -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the demo upstream")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the demo upstream")?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), hyper::service::service_fn(demo_app))
@@ -52,8 +62,12 @@ pub async fn demo(listen: SocketAddr) -> Result<(), Failure> {
         .replace("{listen}", &listen.to_string());
     let cfg = Config::from_yaml(&yaml, "embedded demo policy")
         .map_err(|e| Failure::Runtime(anyhow!("embedded demo policy: {e}")))?;
-    let gate = Gate::from_config(cfg).await.map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
-    let listeners = server::bind(&gate).await.map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
+    let gate = Gate::from_config(cfg)
+        .await
+        .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
+    let listeners = server::bind(&gate)
+        .await
+        .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
     let addr = listeners
         .first()
         .and_then(|l| l.local_addr().ok())
@@ -61,13 +75,25 @@ pub async fn demo(listen: SocketAddr) -> Result<(), Failure> {
     let url = format!("http://{addr}/");
     let w = "-w ' -> HTTP %{http_code}\\n'";
     println!("ipgate demo: gateway on {url} in front of a demo app on http://{upstream}/");
-    println!("The demo trusts X-Forwarded-For from loopback, so each line below plays another client.");
+    println!(
+        "The demo trusts X-Forwarded-For from loopback, so each line below plays another client."
+    );
     println!("Try:");
-    println!("curl -s {w} -H 'X-Forwarded-For: 198.51.100.20' {url}   # expect 200: allowed (default)");
-    println!("curl -s {w} -H 'X-Forwarded-For: 192.0.2.10' {url}   # expect 200: allowed (lists.allow)");
-    println!("curl -s {w} -H 'X-Forwarded-For: 203.0.113.7' {url}   # expect 403: blocked (lists.block)");
-    println!("curl -s {w} -H 'Accept: application/json' -H 'X-Forwarded-For: 203.0.113.7' {url}   # expect 403: blocked, JSON answer");
-    println!("curl -s {w} -H 'X-Forwarded-For: not-an-ip' {url}   # expect 403: invalid-client-ip (fails closed)");
+    println!(
+        "curl -s {w} -H 'X-Forwarded-For: 198.51.100.20' {url}   # expect 200: allowed (default)"
+    );
+    println!(
+        "curl -s {w} -H 'X-Forwarded-For: 192.0.2.10' {url}   # expect 200: allowed (lists.allow)"
+    );
+    println!(
+        "curl -s {w} -H 'X-Forwarded-For: 203.0.113.7' {url}   # expect 403: blocked (lists.block)"
+    );
+    println!(
+        "curl -s {w} -H 'Accept: application/json' -H 'X-Forwarded-For: 203.0.113.7' {url}   # expect 403: blocked, JSON answer"
+    );
+    println!(
+        "curl -s {w} -H 'X-Forwarded-For: not-an-ip' {url}   # expect 403: invalid-client-ip (fails closed)"
+    );
     println!("Press Ctrl-C to stop.");
     server::serve(gate, listeners, super::run::shutdown_signal())
         .await

@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use ipgate::Config;
 
 #[derive(Parser)]
-#[command(name = "ipgate", version, about = "IP access gateway: lists, feeds, bans and reputation under one policy")]
+#[command(
+    name = "ipgate",
+    version,
+    about = "IP access gateway: lists, feeds, bans and reputation under one policy"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -82,7 +86,10 @@ impl From<anyhow::Error> for Failure {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -93,7 +100,12 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run { config, upstream } => run::run(config, upstream).await,
             Command::Demo { listen } => demo::demo(listen).await,
-            Command::Check { config, ip, lookup, json } => check(&config, &ip, lookup, json).await,
+            Command::Check {
+                config,
+                ip,
+                lookup,
+                json,
+            } => check(&config, &ip, lookup, json).await,
             Command::Validate { config } => validate(&config),
         }
     });
@@ -115,7 +127,9 @@ fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("IPGATE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -156,10 +170,25 @@ async fn check(path: &Path, ip: &str, lookup: bool, json: bool) -> Result<(), Fa
         return Ok(());
     }
     println!("ip:        {}", e.ip);
-    println!("decision:  {}{}", e.decision, if e.decision != e.verdict { " (dry_run: policy says block)" } else { "" });
+    println!(
+        "decision:  {}{}",
+        e.decision,
+        if e.decision != e.verdict {
+            " (dry_run: policy says block)"
+        } else {
+            ""
+        }
+    );
     println!("rule:      {}", e.rule);
     println!("reason:    {}", e.reason);
-    println!("lists:     {}", if e.lists.is_empty() { "-".to_string() } else { e.lists.join(", ") });
+    println!(
+        "lists:     {}",
+        if e.lists.is_empty() {
+            "-".to_string()
+        } else {
+            e.lists.join(", ")
+        }
+    );
     if !e.trace.is_empty() {
         println!("trace:");
         for step in &e.trace {
@@ -169,10 +198,21 @@ async fn check(path: &Path, ip: &str, lookup: bool, json: bool) -> Result<(), Fa
     if !e.reputation.is_empty() || !e.reputation_errors.is_empty() {
         println!("reputation{}:", if e.cached { " (cached)" } else { "" });
         for (provider, rep) in &e.reputation {
-            let get = |k: &str| rep.get(k).filter(|v| !v.is_null()).map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+            let get = |k: &str| {
+                rep.get(k)
+                    .filter(|v| !v.is_null())
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
             println!(
                 "  {provider:<9} status={} score={} tor={} vpn={} scanner={} country={} asn={}",
-                get("status"), get("score"), get("tor"), get("vpn"), get("scanner"), get("country"), get("asn")
+                get("status"),
+                get("score"),
+                get("tor"),
+                get("vpn"),
+                get("scanner"),
+                get("country"),
+                get("asn")
             );
         }
         for (provider, err) in &e.reputation_errors {

@@ -15,7 +15,8 @@ use super::{Failure, load};
 
 fn with_upstream(mut cfg: Config, upstream: &Option<String>) -> Result<Config, Failure> {
     if let Some(u) = upstream {
-        let u = parse_url(u).map_err(|e| Failure::Config(anyhow!("--upstream / IPGATE_UPSTREAM: {e}")))?;
+        let u = parse_url(u)
+            .map_err(|e| Failure::Config(anyhow!("--upstream / IPGATE_UPSTREAM: {e}")))?;
         cfg.upstream = Some(Url(u));
     }
     Ok(cfg)
@@ -45,8 +46,12 @@ pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<()
 
     let watch = cfg.reload.watch && from_file;
     let admin_cfg = cfg.admin.clone();
-    let gate = Gate::from_config(cfg).await.map_err(|e| Failure::Config(anyhow::Error::new(e)))?;
-    let listeners = server::bind(&gate).await.map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
+    let gate = Gate::from_config(cfg)
+        .await
+        .map_err(|e| Failure::Config(anyhow::Error::new(e)))?;
+    let listeners = server::bind(&gate)
+        .await
+        .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
 
     let reload: Option<admin::Reload> = from_file.then(|| {
         let gate = gate.clone();

@@ -10,7 +10,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("duration `{s}` has no unit (use ms, s, m, h or d, e.g. 5m)"))?;
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!("duration `{s}` must start with a number (e.g. 250ms, 2s, 5m, 24h, 7d)"));
+        return Err(format!(
+            "duration `{s}` must start with a number (e.g. 250ms, 2s, 5m, 24h, 7d)"
+        ));
     }
     let n: u64 = num
         .parse()
@@ -35,8 +37,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Formats a duration in the largest unit that divides it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms >= size && ms % size == 0 {
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }
@@ -59,7 +66,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_durations() {
-        for bad in ["", "5", "m", "5x", "-5s", "1.5s", "5 m", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "5",
+            "m",
+            "5x",
+            "-5s",
+            "1.5s",
+            "5 m",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
         }
     }

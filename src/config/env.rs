@@ -81,7 +81,10 @@ mod tests {
 
     #[test]
     fn expands_set_default_and_literal() {
-        assert_eq!(expand_with("a${HOME_DIR}b", env).as_deref(), Ok("a/home/xb"));
+        assert_eq!(
+            expand_with("a${HOME_DIR}b", env).as_deref(),
+            Ok("a/home/xb")
+        );
         assert_eq!(expand_with("${NOPE:-dflt}", env).as_deref(), Ok("dflt"));
         assert_eq!(expand_with("${NOPE:-}", env).as_deref(), Ok(""));
         assert_eq!(expand_with("${EMPTY:-x}", env).as_deref(), Ok(""));
@@ -94,8 +97,14 @@ mod tests {
         let err = expand_with("key=${SECRET_KEY}", env).unwrap_err();
         assert_eq!(err, EnvError::Unset("SECRET_KEY".into()));
         assert!(err.to_string().contains("SECRET_KEY"));
-        assert!(matches!(expand_with("${OPEN", env), Err(EnvError::Unterminated(_))));
+        assert!(matches!(
+            expand_with("${OPEN", env),
+            Err(EnvError::Unterminated(_))
+        ));
         assert!(matches!(expand_with("${}", env), Err(EnvError::BadName(_))));
-        assert!(matches!(expand_with("${A B}", env), Err(EnvError::BadName(_))));
+        assert!(matches!(
+            expand_with("${A B}", env),
+            Err(EnvError::BadName(_))
+        ));
     }
 }

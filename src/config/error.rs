@@ -22,7 +22,10 @@ pub enum ConfigError {
     Io { path: String, message: String },
     /// The file was read but has errors; every one found is listed.
     #[error("{}", render(file, issues))]
-    Invalid { file: String, issues: Vec<ConfigIssue> },
+    Invalid {
+        file: String,
+        issues: Vec<ConfigIssue>,
+    },
 }
 
 impl ConfigError {
@@ -59,18 +62,33 @@ impl fmt::Display for ConfigIssue {
 impl ConfigIssue {
     /// An issue at a position, its key found from the file's text.
     pub(crate) fn at(text: &str, line: u64, column: u64, message: String) -> Self {
-        ConfigIssue { line, column, key: key_path(text, line, column), message }
+        ConfigIssue {
+            line,
+            column,
+            key: key_path(text, line, column),
+            message,
+        }
     }
 
     /// An issue at a position with a known key.
     pub(crate) fn at_key(text: &str, line: u64, column: u64, key: String, message: String) -> Self {
         let _ = text;
-        ConfigIssue { line, column, key, message }
+        ConfigIssue {
+            line,
+            column,
+            key,
+            message,
+        }
     }
 
     /// An issue on a key whose position is looked up later (see `locate`).
     pub(crate) fn keyed(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigIssue { line: 0, column: 0, key: key.into(), message: message.into() }
+        ConfigIssue {
+            line: 0,
+            column: 0,
+            key: key.into(),
+            message: message.into(),
+        }
     }
 
     /// Fills in the position of a keyed issue from the text.
@@ -93,17 +111,30 @@ impl ConfigIssue {
             message.truncate(idx);
         }
         let message = message.trim().to_string();
-        let mut key = if line > 0 { key_path(text, line, column) } else { String::new() };
+        let mut key = if line > 0 {
+            key_path(text, line, column)
+        } else {
+            String::new()
+        };
         // An unknown field is reported at the field itself: name it exactly.
         if let Some(rest) = message.strip_prefix("unknown field `")
             && let Some(end) = rest.find('`')
         {
             let name = &rest[..end];
             if !key.ends_with(name) {
-                key = if key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
+                key = if key.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{key}.{name}")
+                };
             }
         }
-        ConfigIssue { line, column, key, message }
+        ConfigIssue {
+            line,
+            column,
+            key,
+            message,
+        }
     }
 }
 
@@ -119,8 +150,10 @@ fn declared_key(line: &str) -> Option<&str> {
     }
     let (k, _) = t.split_once(':')?;
     let k = k.trim().trim_matches(['"', '\'']);
-    (!k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-        .then_some(k)
+    (!k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    .then_some(k)
 }
 
 /// Dotted key path of the value at (line, column), from the indentation of the text.
@@ -149,10 +182,12 @@ fn key_path(text: &str, line: u64, column: u64) -> String {
             }
             ':' => {
                 let k = word.trim().trim_matches(['"', '\'', '-', ' ']).to_string();
-                if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                    if let Some(top) = stack.last_mut() {
-                        *top = Some(k);
-                    }
+                if !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    && let Some(top) = stack.last_mut()
+                {
+                    *top = Some(k);
                 }
                 word.clear();
             }

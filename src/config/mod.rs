@@ -10,13 +10,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, ConfigIssue};
-pub use scalar::{normalize_net, parse_cidr, parse_url, Addr, Cidr, Dur, Pos, Reference, Text, Url};
+pub use scalar::{
+    Addr, Cidr, Dur, Pos, Reference, Text, Url, normalize_net, parse_cidr, parse_url,
+};
 
 use crate::reputation::{Status, ThreatClass};
 
@@ -421,7 +423,10 @@ pub struct BlockResponse {
 
 impl Default for BlockResponse {
     fn default() -> Self {
-        BlockResponse { status: 403, html: None }
+        BlockResponse {
+            status: 403,
+            html: None,
+        }
     }
 }
 
@@ -436,7 +441,10 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: Addr(SocketAddr::from(([127, 0, 0, 1], 9090))), token: None }
+        AdminConfig {
+            listen: Addr(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            token: None,
+        }
     }
 }
 
@@ -489,7 +497,10 @@ impl Config {
         issues.dedup();
         match cfg {
             Some(cfg) if issues.is_empty() => Ok(cfg),
-            _ => Err(ConfigError::Invalid { file: origin.to_string(), issues }),
+            _ => Err(ConfigError::Invalid {
+                file: origin.to_string(),
+                issues,
+            }),
         }
     }
 
@@ -528,7 +539,10 @@ impl Config {
             if feed.name.0.is_empty() {
                 issues.push(ConfigIssue::keyed(key, "a feed needs a non-empty name"));
             } else if !feed_names.insert(feed.name.0.as_str()) {
-                issues.push(ConfigIssue::keyed(key, format!("feed `{}` is defined twice", feed.name)));
+                issues.push(ConfigIssue::keyed(
+                    key,
+                    format!("feed `{}` is defined twice", feed.name),
+                ));
             }
             if feed.refresh.0 < Duration::from_secs(1) {
                 issues.push(ConfigIssue::keyed(
@@ -543,21 +557,30 @@ impl Config {
             let column = rule.referenced.column();
             let at = |key: String, msg: String| ConfigIssue::at_key(text, line, column, key, msg);
             if rule.value.name.0.is_empty() {
-                issues.push(at(format!("rules[{i}].name"), "a rule needs a non-empty name".into()));
+                issues.push(at(
+                    format!("rules[{i}].name"),
+                    "a rule needs a non-empty name".into(),
+                ));
             } else if !rule_names.insert(rule.value.name.0.as_str()) {
                 issues.push(at(
                     format!("rules[{i}].name"),
                     format!("rule `{}` is defined twice", rule.value.name),
                 ));
             }
-            check_condition(&rule.value.when, &format!("rules[{i}].when"), &feed_names, &mut |k, m| {
-                issues.push(at(k, m))
-            });
+            check_condition(
+                &rule.value.when,
+                &format!("rules[{i}].when"),
+                &feed_names,
+                &mut |k, m| issues.push(at(k, m)),
+            );
         }
         if !(100..=599).contains(&self.block_response.status) {
             issues.push(ConfigIssue::keyed(
                 "block_response.status",
-                format!("{} is not an HTTP status (100-599)", self.block_response.status),
+                format!(
+                    "{} is not an HTTP status (100-599)",
+                    self.block_response.status
+                ),
             ));
         }
         if self.cache.ipv6_prefix == 0 || self.cache.ipv6_prefix > 128 {
@@ -567,13 +590,22 @@ impl Config {
             ));
         }
         if self.cache.max_entries == 0 {
-            issues.push(ConfigIssue::keyed("cache.max_entries", "must be at least 1"));
+            issues.push(ConfigIssue::keyed(
+                "cache.max_entries",
+                "must be at least 1",
+            ));
         }
         if self.limits.max_connections == 0 {
-            issues.push(ConfigIssue::keyed("limits.max_connections", "must be at least 1"));
+            issues.push(ConfigIssue::keyed(
+                "limits.max_connections",
+                "must be at least 1",
+            ));
         }
         if self.listen.is_empty() {
-            issues.push(ConfigIssue::keyed("listen", "at least one address is needed"));
+            issues.push(ConfigIssue::keyed(
+                "listen",
+                "at least one address is needed",
+            ));
         }
         if self.lookup.timeout.0.is_zero() {
             issues.push(ConfigIssue::keyed("lookup.timeout", "must be more than 0"));
@@ -582,7 +614,9 @@ impl Config {
 
     /// Whether any rule needs reputation (a provider look-up).
     pub fn needs_reputation(&self) -> bool {
-        self.rules.iter().any(|r| condition_needs_reputation(&r.value.when))
+        self.rules
+            .iter()
+            .any(|r| condition_needs_reputation(&r.value.when))
     }
 }
 
@@ -630,7 +664,10 @@ fn check_condition(
     if let Some(s) = c.score_above
         && s > 100
     {
-        report(format!("{key}.score_above"), format!("{s} is above 100: the rule could never match"));
+        report(
+            format!("{key}.score_above"),
+            format!("{s} is above 100: the rule could never match"),
+        );
     }
     if let Some(inner) = &c.not {
         check_condition(inner, &format!("{key}.not"), feeds, report);
@@ -687,7 +724,9 @@ fn one_or_many_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, 
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
             let v = env::expand(v).map_err(E::custom)?;
             v.parse::<SocketAddr>().map(|a| vec![a]).map_err(|_| {
-                E::custom(format!("`{v}` is not a socket address (e.g. 127.0.0.1:8080 or [::]:8080)"))
+                E::custom(format!(
+                    "`{v}` is not a socket address (e.g. 127.0.0.1:8080 or [::]:8080)"
+                ))
             })
         }
     }

@@ -35,7 +35,13 @@ pub(crate) fn take_issues() -> Vec<LeafIssue> {
 }
 
 fn record(line: u64, column: u64, message: String) {
-    ISSUES.with(|i| i.borrow_mut().push(LeafIssue { line, column, message }));
+    ISSUES.with(|i| {
+        i.borrow_mut().push(LeafIssue {
+            line,
+            column,
+            message,
+        })
+    });
 }
 
 /// Where a value stood in the configuration file (0 when built in code).
@@ -47,13 +53,19 @@ pub struct Pos {
 
 /// Reads a located scalar, expands `${VAR}`, parses it with `parse`; on failure records
 /// the issue and yields `T::default()`.
-fn leaf<'de, D, T>(d: D, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<(T, Pos), D::Error>
+fn leaf<'de, D, T>(
+    d: D,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<(T, Pos), D::Error>
 where
     D: Deserializer<'de>,
     T: Default,
 {
     let s: Spanned<String> = Spanned::deserialize(d)?;
-    let pos = Pos { line: s.referenced.line(), column: s.referenced.column() };
+    let pos = Pos {
+        line: s.referenced.line(),
+        column: s.referenced.column(),
+    };
     let result = env::expand(&s.value)
         .map_err(|e| e.to_string())
         .and_then(|v| parse(&v));
@@ -155,8 +167,9 @@ impl<'de> Deserialize<'de> for Reference {
 pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
     let s = s.trim();
     let net = if s.contains('/') {
-        s.parse::<IpNet>()
-            .map_err(|_| format!("`{s}` is not a valid CIDR (e.g. 203.0.113.0/24 or 2001:db8::/32)"))?
+        s.parse::<IpNet>().map_err(|_| {
+            format!("`{s}` is not a valid CIDR (e.g. 203.0.113.0/24 or 2001:db8::/32)")
+        })?
     } else {
         let ip: IpAddr = s
             .parse()
@@ -199,22 +212,45 @@ mod tests {
 
     #[test]
     fn cidrs_normalize() {
-        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().0.to_string(), "10.0.0.0/8");
-        assert_eq!(parse_cidr("192.0.2.7").unwrap().0.to_string(), "192.0.2.7/32");
-        assert_eq!(parse_cidr("::ffff:10.0.0.0/104").unwrap().0.to_string(), "10.0.0.0/8");
-        assert_eq!(parse_cidr("2001:db8::1/32").unwrap().0.to_string(), "2001:db8::/32");
+        assert_eq!(
+            parse_cidr("10.1.2.3/8").unwrap().0.to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            parse_cidr("192.0.2.7").unwrap().0.to_string(),
+            "192.0.2.7/32"
+        );
+        assert_eq!(
+            parse_cidr("::ffff:10.0.0.0/104").unwrap().0.to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            parse_cidr("2001:db8::1/32").unwrap().0.to_string(),
+            "2001:db8::/32"
+        );
     }
 
     #[test]
     fn cidrs_reject_junk() {
-        for bad in ["", "10.0.0.0/33", "010.0.0.1", "1.2.3", "10.0.0.0/", "fe80::1%eth0", "x"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "010.0.0.1",
+            "1.2.3",
+            "10.0.0.0/",
+            "fe80::1%eth0",
+            "x",
+        ] {
             assert!(parse_cidr(bad).is_err(), "{bad} accepted");
         }
     }
 
     #[test]
     fn urls_need_http_and_host() {
-        assert_eq!(parse_url("http://127.0.0.1:3000/").unwrap(), "http://127.0.0.1:3000");
+        assert_eq!(
+            parse_url("http://127.0.0.1:3000/").unwrap(),
+            "http://127.0.0.1:3000"
+        );
         assert!(parse_url("ftp://x").is_err());
         assert!(parse_url("127.0.0.1:3000").is_err());
     }

@@ -63,9 +63,18 @@ fn dangling_references_are_errors() {
     let yaml = "rules:\n  - { name: a, when: { in_list: nope }, action: block }\n  - { name: a, when: { provider: virustotal }, action: block }\n";
     let i = issues(yaml);
     assert_eq!(i.len(), 3, "{i:?}");
-    assert!(i.iter().any(|x| x.message.contains("no feed named `nope`") && x.line == 2));
-    assert!(i.iter().any(|x| x.message.contains("defined twice") && x.line == 3));
-    assert!(i.iter().any(|x| x.message.contains("virustotal") && x.key == "rules[1].when.provider"));
+    assert!(
+        i.iter()
+            .any(|x| x.message.contains("no feed named `nope`") && x.line == 2)
+    );
+    assert!(
+        i.iter()
+            .any(|x| x.message.contains("defined twice") && x.line == 3)
+    );
+    assert!(
+        i.iter()
+            .any(|x| x.message.contains("virustotal") && x.key == "rules[1].when.provider")
+    );
 }
 
 #[test]
@@ -94,7 +103,10 @@ fn listen_one_or_many_and_conditions_one_or_many() {
     assert_eq!(c.rules[0].value.when.status, vec![Status::Threat]);
     assert_eq!(c.rules[0].value.when.asn, vec![64496]);
     assert_eq!(c.rules[0].value.when.in_list, vec!["f".to_string()]);
-    assert_eq!(c.rules[1].value.when.status, vec![Status::Safe, Status::Unknown]);
+    assert_eq!(
+        c.rules[1].value.when.status,
+        vec![Status::Safe, Status::Unknown]
+    );
     assert!(c.needs_reputation());
 }
 

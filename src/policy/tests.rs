@@ -48,13 +48,19 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn facts() -> Facts {
-    Facts { lists: vec![vec![ip("198.51.100.9")], vec![ip("192.0.2.1")]], tor: vec![ip("198.51.100.9")] }
+    Facts {
+        lists: vec![vec![ip("198.51.100.9")], vec![ip("192.0.2.1")]],
+        tor: vec![ip("198.51.100.9")],
+    }
 }
 
 fn rep(f: impl FnOnce(&mut Reputation)) -> Lookup {
     let mut r = Reputation::unknown("iocscout");
     f(&mut r);
-    Lookup { answers: vec![r], errors: vec![], cached: false }
+    Lookup {
+        answers: vec![r],
+        ..Lookup::default()
+    }
 }
 
 fn decide(p: &Policy, addr: &str, l: &Lookup) -> (String, Action) {
@@ -64,7 +70,10 @@ fn decide(p: &Policy, addr: &str, l: &Lookup) -> (String, Action) {
         Err(i) => p.evaluate(ip(addr), &facts, Some(l), i, None).unwrap(),
     };
     let action = match out {
-        Outcome::Rule { action, .. } | Outcome::Default(action) | Outcome::LookupFailed { action, .. } => action,
+        Outcome::Rule { action, .. }
+        | Outcome::Default(action)
+        | Outcome::LookupFailed { action, .. }
+        | Outcome::Pending(action) => action,
     };
     (p.rule_name(&out).to_string(), action)
 }
@@ -73,33 +82,64 @@ fn decide(p: &Policy, addr: &str, l: &Lookup) -> (String, Action) {
 fn local_list_decides_without_lookup() {
     let p = policy();
     let out = p.evaluate(ip("192.0.2.1"), &facts(), None, 0, None);
-    assert_eq!(out, Ok(Outcome::Rule { index: 0, action: Action::Allow }));
+    assert_eq!(
+        out,
+        Ok(Outcome::Rule {
+            index: 0,
+            action: Action::Allow
+        })
+    );
 }
 
 #[test]
 fn first_reputation_rule_asks_for_a_lookup() {
     let p = policy();
-    assert_eq!(p.evaluate(ip("203.0.113.5"), &facts(), None, 0, None), Err(1));
+    assert_eq!(
+        p.evaluate(ip("203.0.113.5"), &facts(), None, 0, None),
+        Err(1)
+    );
 }
 
 #[test]
 fn spec_example_rules() {
     let p = policy();
     let a = "203.0.113.5";
-    assert_eq!(decide(&p, a, &rep(|r| r.status = Status::Threat)), ("block-threats".into(), Action::Block));
     assert_eq!(
-        decide(&p, a, &rep(|r| {
-            r.status = Status::Safe;
-            r.score = Some(99);
-            r.scanner = true;
-        })),
+        decide(&p, a, &rep(|r| r.status = Status::Threat)),
+        ("block-threats".into(), Action::Block)
+    );
+    assert_eq!(
+        decide(
+            &p,
+            a,
+            &rep(|r| {
+                r.status = Status::Safe;
+                r.score = Some(99);
+                r.scanner = true;
+            })
+        ),
         ("allow-scanners".into(), Action::Allow)
     );
-    assert_eq!(decide(&p, a, &rep(|r| r.score = Some(71))), ("block-score".into(), Action::Block));
-    assert_eq!(decide(&p, a, &rep(|r| r.score = Some(70))), ("default".into(), Action::Allow));
-    assert_eq!(decide(&p, a, &rep(|r| r.tor = Some(true))), ("block-tor".into(), Action::Block));
-    assert_eq!(decide(&p, a, &rep(|r| r.vpn = Some(true))), ("block-vpn".into(), Action::Block));
-    assert_eq!(decide(&p, a, &rep(|_| {})), ("default".into(), Action::Allow));
+    assert_eq!(
+        decide(&p, a, &rep(|r| r.score = Some(71))),
+        ("block-score".into(), Action::Block)
+    );
+    assert_eq!(
+        decide(&p, a, &rep(|r| r.score = Some(70))),
+        ("default".into(), Action::Allow)
+    );
+    assert_eq!(
+        decide(&p, a, &rep(|r| r.tor = Some(true))),
+        ("block-tor".into(), Action::Block)
+    );
+    assert_eq!(
+        decide(&p, a, &rep(|r| r.vpn = Some(true))),
+        ("block-vpn".into(), Action::Block)
+    );
+    assert_eq!(
+        decide(&p, a, &rep(|_| {})),
+        ("default".into(), Action::Allow)
+    );
 }
 
 #[test]
@@ -108,7 +148,10 @@ fn tor_feed_proves_tor_without_lookup() {
     // 198.51.100.9 is in the tor-tagged feed; the rules before block-tor need reputation,
     // so a lookup is asked for; with an empty (skipped) lookup the tor rule still matches.
     let skipped = Lookup::default();
-    assert_eq!(decide(&p, "198.51.100.9", &skipped), ("block-tor".into(), Action::Block));
+    assert_eq!(
+        decide(&p, "198.51.100.9", &skipped),
+        ("block-tor".into(), Action::Block)
+    );
 }
 
 #[test]
@@ -132,7 +175,10 @@ fn provider_restricts_to_that_answer() {
     assert_eq!(decide(&p, a, &ioc_60).0, "default");
     let mut sw = Reputation::unknown("ipswamp");
     sw.score = Some(60);
-    let l = Lookup { answers: vec![sw], errors: vec![], cached: false };
+    let l = Lookup {
+        answers: vec![sw],
+        ..Lookup::default()
+    };
     assert_eq!(decide(&p, a, &l).0, "ipswamp-only");
 }
 
@@ -155,11 +201,21 @@ fn not_negates() {
 #[test]
 fn failed_lookup_goes_to_on_error() {
     let p = policy();
-    let failed = Lookup { answers: vec![], errors: vec![("iocscout".into(), "timeout".into())], cached: false };
-    assert_eq!(decide(&p, "203.0.113.5", &failed), ("lookup-error".into(), Action::Allow));
-    let cfg = crate::Config::from_yaml(&format!("{RULES}\nlookup: {{ on_error: block }}\n"), "t").unwrap();
+    let failed = Lookup {
+        errors: vec![("iocscout".into(), "timeout".into())],
+        ..Lookup::default()
+    };
+    assert_eq!(
+        decide(&p, "203.0.113.5", &failed),
+        ("lookup-error".into(), Action::Allow)
+    );
+    let cfg = crate::Config::from_yaml(&format!("{RULES}\nlookup: {{ on_error: block }}\n"), "t")
+        .unwrap();
     let p = Policy::compile(&cfg, &|n| (n == "partners").then_some(1));
-    assert_eq!(decide(&p, "203.0.113.5", &failed), ("lookup-error".into(), Action::Block));
+    assert_eq!(
+        decide(&p, "203.0.113.5", &failed),
+        ("lookup-error".into(), Action::Block)
+    );
 }
 
 #[test]
@@ -168,8 +224,11 @@ fn trace_records_each_step() {
     let l = rep(|r| r.status = Status::Threat);
     let mut trace = Vec::new();
     let facts = facts();
-    let i = p.evaluate(ip("203.0.113.5"), &facts, None, 0, Some(&mut trace)).unwrap_err();
-    p.evaluate(ip("203.0.113.5"), &facts, Some(&l), i, Some(&mut trace)).unwrap();
+    let i = p
+        .evaluate(ip("203.0.113.5"), &facts, None, 0, Some(&mut trace))
+        .unwrap_err();
+    p.evaluate(ip("203.0.113.5"), &facts, Some(&l), i, Some(&mut trace))
+        .unwrap();
     let results: Vec<_> = trace.iter().map(|s| (s.rule.as_str(), s.result)).collect();
     assert_eq!(
         results,

@@ -1,6 +1,7 @@
 //! Shared test support: a recording upstream and an in-process gateway.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod emulator;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -20,7 +21,8 @@ impl TestGateway {
     /// Starts a gateway from YAML; `{upstream}` is replaced by `upstream`.
     pub async fn start(yaml: &str, upstream: &str) -> TestGateway {
         let yaml = yaml.replace("{upstream}", upstream);
-        let cfg = Config::from_yaml(&yaml, "test").unwrap_or_else(|e| panic!("bad test config: {e}"));
+        let cfg =
+            Config::from_yaml(&yaml, "test").unwrap_or_else(|e| panic!("bad test config: {e}"));
         Self::start_config(cfg).await
     }
 
@@ -41,7 +43,12 @@ impl TestGateway {
             .await
             .expect("serve");
         });
-        TestGateway { addr, gate, stop: Some(tx), task }
+        TestGateway {
+            addr,
+            gate,
+            stop: Some(tx),
+            task,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

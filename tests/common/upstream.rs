@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
-use axum::Router;
 
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
@@ -32,7 +32,12 @@ impl Recorder {
         self.0.lock().unwrap().len()
     }
     pub fn last(&self) -> Seen {
-        self.0.lock().unwrap().last().cloned().expect("the upstream saw no request")
+        self.0
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream saw no request")
     }
 }
 
@@ -49,7 +54,9 @@ impl TestUpstream {
 
 async fn record(State(rec): State<Recorder>, req: Request) -> impl IntoResponse {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
     let len = body.len();
     rec.0.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
@@ -59,10 +66,12 @@ async fn record(State(rec): State<Recorder>, req: Request) -> impl IntoResponse 
         body: body.clone(),
     });
     let mut resp = axum::response::Response::new(axum::body::Body::from(body));
-    resp.headers_mut().insert("x-upstream", "yes".parse().unwrap());
+    resp.headers_mut()
+        .insert("x-upstream", "yes".parse().unwrap());
     resp.headers_mut().insert("x-body-len", len.into());
     // A hop-by-hop header the gateway must not pass on.
-    resp.headers_mut().insert("keep-alive", "timeout=99".parse().unwrap());
+    resp.headers_mut()
+        .insert("keep-alive", "timeout=99".parse().unwrap());
     resp
 }
 

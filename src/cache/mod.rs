@@ -1,0 +1,603 @@
+//! The reputation cache: bounded, single-flight, quota-aware, persistent.
+//!
+//! One entry per client key ([`IpKey`]: an IPv4 address or an IPv6 prefix) holds every
+//! provider's answer, each with its own expiry (`ttl_by_status`, or `error_ttl` for a
+//! failure). A hit returns the shared `Arc<Lookup>`: nothing is allocated. A miss starts
+//! one flight per key in its own task, so however many requests wait for it (and even
+//! if they give up at `lookup.timeout`), each provider is called once.
+
+pub mod key;
+pub mod quota;
+pub mod store;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::{BoxFuture, FutureExt};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{CacheConfig, Config, LookupMode};
+use crate::providers::{Availability, Provider, ProviderError};
+use crate::reputation::{Lookup, Reputation, ReputationSource};
+
+pub use key::{IpKey, is_private};
+use quota::{Quota, utc_day};
+use store::{Store, StoreError, Write};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One provider's part of an entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Part {
+    provider: String,
+    /// Unix ms after which this part is stale.
+    expires_ms: u64,
+    result: PartResult,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum PartResult {
+    Answer(Reputation),
+    /// The provider could not answer; the message never holds a secret.
+    Error(String),
+    /// Not asked (`skip_private`).
+    Skipped,
+}
+
+/// What the cache holds for one key.
+#[derive(Debug)]
+struct Entry {
+    parts: Vec<Part>,
+    /// The parts as a Lookup (cached = true), shared by every hit.
+    lookup: Arc<Lookup>,
+}
+
+impl Entry {
+    fn new(parts: Vec<Part>) -> Entry {
+        let mut lookup = Lookup {
+            cached: true,
+            ..Lookup::default()
+        };
+        for p in &parts {
+            match &p.result {
+                PartResult::Answer(r) => lookup.answers.push(r.clone()),
+                PartResult::Error(e) => lookup.errors.push((p.provider.clone(), e.clone())),
+                PartResult::Skipped => {}
+            }
+        }
+        Entry {
+            parts,
+            lookup: Arc::new(lookup),
+        }
+    }
+
+    fn part(&self, provider: &str) -> Option<&Part> {
+        self.parts.iter().find(|p| p.provider == provider)
+    }
+}
+
+/// Why the cache could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "cache.redis: the shared Redis tier is not available in this version; remove the key (each gateway then keeps its own cache and quota)"
+    )]
+    RedisUnsupported,
+}
+
+struct ProviderSlot {
+    provider: Arc<dyn Provider>,
+    quota: Option<Arc<Quota>>,
+    remote: bool,
+    requests: [metrics::Counter; 6],
+    quota_gauge: metrics::Gauge,
+}
+
+const OUTCOMES: [&str; 6] = [
+    "ok",
+    "timeout",
+    "error",
+    "quota_exhausted",
+    "unauthorized",
+    "bad_request",
+];
+
+type Flight = futures_util::future::Shared<BoxFuture<'static, Arc<Lookup>>>;
+
+type Writer = std::sync::mpsc::Sender<(Write, Option<tokio::sync::oneshot::Sender<()>>)>;
+
+/// What survives a reload: the entries, the flights, the store and the quota counters.
+struct Kept {
+    entries: quick_cache::sync::Cache<IpKey, Arc<Entry>>,
+    flights: Mutex<HashMap<IpKey, Flight>>,
+    writer: Option<Writer>,
+    path: Option<String>,
+    max_entries: u64,
+    ipv6_prefix: u8,
+    quotas: Mutex<HashMap<&'static str, Arc<Quota>>>,
+}
+
+struct Inner {
+    shared: Arc<Kept>,
+    providers: Vec<ProviderSlot>,
+    cfg: CacheConfig,
+    skip_private: bool,
+    background: bool,
+    results: [metrics::Counter; 4],
+    entries_gauge: metrics::Gauge,
+}
+
+/// The reputation cache in front of the providers. Cheap to clone.
+#[derive(Clone)]
+pub struct ReputationCache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ReputationCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReputationCache")
+            .field("entries", &self.inner.shared.entries.len())
+            .finish()
+    }
+}
+
+/// The quota of a provider, from the configuration (None: unlimited).
+fn daily_quota(config: &Config, name: &str) -> Option<u32> {
+    match name {
+        "iocscout" => config.providers.iocscout.as_ref().map(|p| p.daily_quota),
+        "ipswamp" => config.providers.ipswamp.as_ref().map(|p| p.daily_quota),
+        _ => None,
+    }
+}
+
+impl ReputationCache {
+    /// A cache over `providers`, configured by `config.cache` and `config.lookup`.
+    /// With `previous` (a reload), its entries, store and quota counters are kept when
+    /// `cache.path`, `max_entries` and `ipv6_prefix` are unchanged; quota counters are
+    /// always carried over, so a reload never hands out a spent quota again.
+    pub fn new(
+        config: &Config,
+        providers: Vec<Arc<dyn Provider>>,
+        previous: Option<&ReputationCache>,
+    ) -> Result<ReputationCache, CacheError> {
+        let cfg = config.cache.clone();
+        if cfg.redis.as_ref().is_some_and(|r| !r.0.is_empty()) {
+            return Err(CacheError::RedisUnsupported);
+        }
+        let path = cfg
+            .path
+            .as_ref()
+            .filter(|p| !p.0.is_empty())
+            .map(|p| p.0.clone());
+        let today = utc_day(SystemTime::now());
+        let reuse = previous.map(|p| &p.inner.shared).filter(|s| {
+            s.path == path && s.max_entries == cfg.max_entries && s.ipv6_prefix == cfg.ipv6_prefix
+        });
+        let (shared, store) = match reuse {
+            Some(s) => (s.clone(), None),
+            None => {
+                let store = match &path {
+                    Some(p) => Some(Store::open(std::path::Path::new(p))?),
+                    None => None,
+                };
+                let mut quotas: HashMap<&'static str, Arc<Quota>> = HashMap::new();
+                if let Some(prev) = previous {
+                    quotas = prev
+                        .inner
+                        .shared
+                        .quotas
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                }
+                if let Some(st) = &store {
+                    for (name, (day, spent)) in st.load_quotas()? {
+                        if let Some(n) = crate::config::PROVIDER_NAMES.iter().find(|n| **n == name)
+                        {
+                            let carried = quotas.get(n).map_or(0, |q| q.spent(day));
+                            quotas
+                                .insert(n, Arc::new(Quota::new(u32::MAX, day, spent.max(carried))));
+                        }
+                    }
+                }
+                let capacity = usize::try_from(cfg.max_entries)
+                    .unwrap_or(usize::MAX)
+                    .max(1);
+                let shared = Arc::new(Kept {
+                    entries: quick_cache::sync::Cache::new(capacity),
+                    flights: Mutex::new(HashMap::new()),
+                    writer: store.as_ref().map(|s| spawn_writer(s.clone())),
+                    path: path.clone(),
+                    max_entries: cfg.max_entries,
+                    ipv6_prefix: cfg.ipv6_prefix,
+                    quotas: Mutex::new(quotas),
+                });
+                (shared, store)
+            }
+        };
+        let providers: Vec<ProviderSlot> = providers
+            .into_iter()
+            .map(|p| {
+                let name = p.name();
+                let quota = daily_quota(config, name).map(|limit| {
+                    let mut quotas = shared.quotas.lock().unwrap_or_else(|p| p.into_inner());
+                    let spent = quotas.get(name).map_or(0, |q| q.spent(today));
+                    let q = match quotas.get(name) {
+                        Some(q) if q.limit() == limit => q.clone(),
+                        _ => Arc::new(Quota::new(limit, today, spent)),
+                    };
+                    quotas.insert(name, q.clone());
+                    q
+                });
+                let requests = OUTCOMES.map(|o| {
+                    metrics::counter!(crate::metrics::PROVIDER_REQUESTS, "provider" => name, "outcome" => o)
+                });
+                let quota_gauge = metrics::gauge!(crate::metrics::PROVIDER_QUOTA_REMAINING, "provider" => name);
+                if let Some(q) = &quota {
+                    quota_gauge.set(f64::from(q.remaining(today)));
+                }
+                ProviderSlot { remote: name != "file", provider: p, quota, requests, quota_gauge }
+            })
+            .collect();
+        let results = ["hit", "miss", "stale", "coalesced"]
+            .map(|r| metrics::counter!(crate::metrics::CACHE_LOOKUPS, "result" => r));
+        let inner = Inner {
+            shared,
+            providers,
+            skip_private: config.lookup.skip_private,
+            background: config.lookup.mode == LookupMode::Background,
+            cfg,
+            results,
+            entries_gauge: metrics::gauge!(crate::metrics::CACHE_ENTRIES),
+        };
+        let cache = ReputationCache {
+            inner: Arc::new(inner),
+        };
+        if let Some(s) = &store {
+            cache.load(s)?;
+        }
+        Ok(cache)
+    }
+
+    fn load(&self, store: &Store) -> Result<(), CacheError> {
+        let now = now_ms();
+        let mut loaded = 0usize;
+        for (key, bytes) in store.load_entries()? {
+            match serde_json::from_slice::<Vec<Part>>(&bytes) {
+                Ok(parts) if parts.iter().any(|p| p.expires_ms > now) => {
+                    self.inner
+                        .shared
+                        .entries
+                        .insert(key, Arc::new(Entry::new(parts)));
+                    loaded += 1;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "dropping an unreadable cache entry")
+                }
+            }
+        }
+        tracing::info!(entries = loaded, "reputation cache loaded from disk");
+        self.inner
+            .entries_gauge
+            .set(self.inner.shared.entries.len() as f64);
+        Ok(())
+    }
+
+    fn key(&self, ip: IpAddr) -> IpKey {
+        IpKey::new(ip, self.inner.cfg.ipv6_prefix)
+    }
+
+    /// What the cache holds for `ip`, fresh or not.
+    pub fn peek(&self, ip: IpAddr) -> Option<Arc<Lookup>> {
+        self.inner
+            .shared
+            .entries
+            .get(&self.key(ip))
+            .map(|e| e.lookup.clone())
+    }
+
+    /// Forgets `ip` (its key); true when there was an entry.
+    pub fn evict(&self, ip: IpAddr) -> bool {
+        let key = self.key(ip);
+        let removed = self.inner.shared.entries.remove(&key).is_some();
+        self.persist(Write::Remove(key), None);
+        self.inner
+            .entries_gauge
+            .set(self.inner.shared.entries.len() as f64);
+        removed
+    }
+
+    /// Forgets everything.
+    pub fn flush(&self) {
+        self.inner.shared.entries.clear();
+        self.persist(Write::Clear, None);
+        self.inner.entries_gauge.set(0.0);
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.inner.shared.entries.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.inner.shared.entries.is_empty()
+    }
+
+    /// Look-ups left today per provider with a quota.
+    pub fn quota_remaining(&self) -> Vec<(&'static str, u32)> {
+        let today = utc_day(SystemTime::now());
+        self.inner
+            .providers
+            .iter()
+            .filter_map(|s| {
+                s.quota
+                    .as_ref()
+                    .map(|q| (s.provider.name(), q.remaining(today)))
+            })
+            .collect()
+    }
+
+    /// A fresh entry for `key`: every provider's part unexpired.
+    fn fresh(&self, entry: &Entry, now: u64) -> bool {
+        self.inner.providers.iter().all(|s| {
+            entry
+                .part(s.provider.name())
+                .is_some_and(|p| p.expires_ms > now)
+        })
+    }
+
+    fn persist(&self, w: Write, ack: Option<tokio::sync::oneshot::Sender<()>>) {
+        if let Some(tx) = &self.inner.shared.writer {
+            let _ = tx.send((w, ack));
+        }
+    }
+
+    /// The cached answer for `ip` when it is fresh (the hot path: no allocation).
+    #[inline]
+    pub fn cached(&self, ip: IpAddr) -> Option<Arc<Lookup>> {
+        let entry = self.inner.shared.entries.get(&self.key(ip))?;
+        if self.fresh(&entry, now_ms()) {
+            self.inner.results[0].increment(1);
+            Some(entry.lookup.clone())
+        } else {
+            None
+        }
+    }
+
+    /// Reputation for `ip`: the cache, else one flight to the providers.
+    pub async fn get(&self, ip: IpAddr, allow_remote: bool) -> Arc<Lookup> {
+        if let Some(l) = self.cached(ip) {
+            return l;
+        }
+        let key = self.key(ip);
+        let previous = self.inner.shared.entries.get(&key);
+        if !allow_remote {
+            return previous.map(|e| e.lookup.clone()).unwrap_or_default();
+        }
+        let (flight, joined) = {
+            let mut flights = self
+                .inner
+                .shared
+                .flights
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match flights.get(&key) {
+                Some(f) => (f.clone(), true),
+                None => {
+                    let me = self.clone();
+                    let prev = previous.clone();
+                    let task = tokio::spawn(async move { me.fly(key, ip, prev).await });
+                    let f: Flight = async move {
+                        task.await.unwrap_or_else(|_| {
+                            Arc::new(Lookup {
+                                errors: vec![("cache".into(), "look-up task failed".into())],
+                                ..Lookup::default()
+                            })
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    flights.insert(key, f.clone());
+                    (f, false)
+                }
+            }
+        };
+        let r = &self.inner.results;
+        if joined {
+            r[3].increment(1);
+        } else if previous.is_some() {
+            r[2].increment(1);
+        } else {
+            r[1].increment(1);
+        }
+        if self.inner.background && previous.is_none() {
+            // Decide with on_miss now; the flight fills the cache for next time.
+            drop(flight);
+            return Arc::new(Lookup {
+                pending: true,
+                ..Lookup::default()
+            });
+        }
+        flight.await
+    }
+
+    /// One flight: asks every provider whose part is missing or stale, concurrently.
+    async fn fly(self, key: IpKey, ip: IpAddr, previous: Option<Arc<Entry>>) -> Arc<Lookup> {
+        let now = now_ms();
+        let this = &self;
+        let inner = &self.inner;
+        let asks = inner.providers.iter().map(|slot| {
+            let keep = previous
+                .as_ref()
+                .and_then(|e| e.part(slot.provider.name()))
+                .filter(|p| p.expires_ms > now)
+                .cloned();
+            async move {
+                match keep {
+                    Some(p) => p,
+                    None => this.ask(slot, ip).await,
+                }
+            }
+        });
+        let parts: Vec<Part> = futures_util::future::join_all(asks).await;
+        let entry = Arc::new(Entry::new(parts));
+        if let Ok(bytes) = serde_json::to_vec(&entry.parts) {
+            self.persist(Write::Entry(key, bytes), None);
+        }
+        inner.shared.entries.insert(key, entry.clone());
+        inner.entries_gauge.set(inner.shared.entries.len() as f64);
+        inner
+            .shared
+            .flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        let mut l = (*entry.lookup).clone();
+        l.cached = false;
+        Arc::new(l)
+    }
+
+    async fn ask(&self, slot: &ProviderSlot, ip: IpAddr) -> Part {
+        let cfg = &self.inner.cfg;
+        let name = slot.provider.name();
+        let error_part = |msg: String| Part {
+            provider: name.to_string(),
+            expires_ms: now_ms() + cfg.error_ttl.0.as_millis() as u64,
+            result: PartResult::Error(msg),
+        };
+        if slot.remote && self.inner.skip_private && is_private(ip) {
+            return Part {
+                provider: name.to_string(),
+                expires_ms: now_ms() + cfg.ttl.0.as_millis() as u64,
+                result: PartResult::Skipped,
+            };
+        }
+        match slot.provider.availability() {
+            Availability::Ready => {}
+            Availability::Disabled(why) => return error_part(format!("disabled: {why}")),
+            Availability::CoolingDown { until } => {
+                let secs = until
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+                    .as_secs();
+                return error_part(format!("quota exhausted; no calls for {secs}s"));
+            }
+        }
+        if let Some(q) = &slot.quota {
+            let today = utc_day(SystemTime::now());
+            let Some(spent) = q.try_reserve(today) else {
+                slot.quota_gauge.set(0.0);
+                return error_part(format!("daily quota of {} spent", q.limit()));
+            };
+            slot.quota_gauge
+                .set(f64::from(q.limit().saturating_sub(spent)));
+            // The reservation is on disk before the call is made.
+            if self.inner.shared.writer.is_some() {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.persist(Write::Quota(name.to_string(), today, spent), Some(tx));
+                let _ = rx.await;
+            }
+        }
+        match slot.provider.lookup(ip).await {
+            Ok(rep) => {
+                slot.requests[0].increment(1);
+                let ttl = cfg.ttl_by_status.for_status(rep.status, cfg.ttl.0);
+                Part {
+                    provider: name.to_string(),
+                    expires_ms: now_ms() + ttl.as_millis() as u64,
+                    result: PartResult::Answer(rep),
+                }
+            }
+            Err(e) => {
+                let outcome = e.outcome();
+                if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+                    slot.requests[i].increment(1);
+                }
+                if matches!(e, ProviderError::QuotaExhausted { .. })
+                    && let Some(q) = &slot.quota
+                {
+                    // The provider says it is spent: spend our count too.
+                    let today = utc_day(SystemTime::now());
+                    while q.try_reserve(today).is_some() {}
+                    slot.quota_gauge.set(0.0);
+                }
+                tracing::info!(provider = name, outcome, error = %e, "provider look-up failed");
+                error_part(e.to_string())
+            }
+        }
+    }
+
+    /// Reasons a provider cannot be used (for `/readyz`).
+    pub fn problems(&self) -> Vec<String> {
+        self.inner
+            .providers
+            .iter()
+            .filter_map(|s| match s.provider.availability() {
+                Availability::Disabled(why) => {
+                    Some(format!("provider {} disabled: {why}", s.provider.name()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The store writer: batches writes into one transaction each, on a blocking thread.
+fn spawn_writer(store: Store) -> Writer {
+    let (tx, rx) = std::sync::mpsc::channel::<(Write, Option<tokio::sync::oneshot::Sender<()>>)>();
+    let spawned = std::thread::Builder::new()
+        .name("ipgate-cache-writer".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                    if batch.len() >= 1024 {
+                        break;
+                    }
+                }
+                let writes: Vec<Write> = batch.iter().map(|(w, _)| w.clone()).collect();
+                if let Err(e) = store.write(&writes) {
+                    tracing::error!(error = %e, "cache store write failed");
+                }
+                for (_, ack) in batch {
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the cache writer; nothing will be persisted");
+    }
+    tx
+}
+
+impl ReputationSource for ReputationCache {
+    fn cached(&self, ip: IpAddr) -> Option<Arc<Lookup>> {
+        ReputationCache::cached(self, ip)
+    }
+
+    fn lookup(&self, ip: IpAddr, allow_remote: bool) -> BoxFuture<'_, Arc<Lookup>> {
+        Box::pin(self.get(ip, allow_remote))
+    }
+
+    fn problems(&self) -> Vec<String> {
+        ReputationCache::problems(self)
+    }
+
+    fn evict(&self, ip: IpAddr) -> BoxFuture<'_, bool> {
+        let removed = ReputationCache::evict(self, ip);
+        Box::pin(std::future::ready(removed))
+    }
+}

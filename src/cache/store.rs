@@ -1,0 +1,251 @@
+//! The persistent store (`cache.path`): reputations and today's quota counters in one
+//! redb file. redb commits are atomic and crash-safe; a file that is not an ipgate cache
+//! is refused and left untouched.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::key::IpKey;
+
+const REPUTATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reputations");
+const QUOTAS: TableDefinition<&str, (u32, u32)> = TableDefinition::new("quotas");
+const META: TableDefinition<&str, &str> = TableDefinition::new("ipgate_meta");
+const FORMAT: &str = "ipgate-cache-1";
+
+/// Why the store could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cache.path {path}: cannot open ({cause}); the file was left untouched")]
+    Open { path: String, cause: String },
+    #[error("cache.path {path}: not an ipgate cache file ({cause}); the file was left untouched")]
+    Foreign { path: String, cause: String },
+    #[error("cache.path {path}: {cause}")]
+    Io { path: String, cause: String },
+}
+
+/// The persistent store.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let p = path.display().to_string();
+        let exists = path.exists();
+        let db = if exists {
+            // Look before writing anything: a read-only open checks that this is our file
+            // (a full open may rewrite a foreign file's header). A file that needs repair
+            // after a crash cannot be opened read-only; the full open below repairs it,
+            // and the format is checked again after it.
+            match redb::ReadOnlyDatabase::open(path) {
+                Ok(ro) => {
+                    check_format(&ro, path)?;
+                    drop(ro);
+                }
+                Err(redb::DatabaseError::RepairAborted) => {}
+                Err(e) => {
+                    return Err(StoreError::Open {
+                        path: p.clone(),
+                        cause: e.to_string(),
+                    });
+                }
+            }
+            Database::open(path).map_err(|e| StoreError::Open {
+                path: p.clone(),
+                cause: e.to_string(),
+            })?
+        } else {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+                    path: p.clone(),
+                    cause: e.to_string(),
+                })?;
+            }
+            Database::create(path).map_err(|e| StoreError::Open {
+                path: p.clone(),
+                cause: e.to_string(),
+            })?
+        };
+        let store = Store {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+        };
+        if exists {
+            check_format(store.db.as_ref(), path)?;
+        } else {
+            store
+                .init()
+                .map_err(|cause| StoreError::Io { path: p, cause })?;
+        }
+        Ok(store)
+    }
+
+    fn init(&self) -> Result<(), String> {
+        let tx = self.db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
+            meta.insert("format", FORMAT).map_err(|e| e.to_string())?;
+            tx.open_table(REPUTATIONS).map_err(|e| e.to_string())?;
+            tx.open_table(QUOTAS).map_err(|e| e.to_string())?;
+        }
+        tx.commit().map_err(|e| e.to_string())
+    }
+
+    fn io(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io {
+            path: self.path.display().to_string(),
+            cause: e.to_string(),
+        }
+    }
+
+    /// Every stored reputation entry (raw bytes; the caller decodes and drops bad ones).
+    pub fn load_entries(&self) -> Result<Vec<(IpKey, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = tx.open_table(REPUTATIONS).map_err(|e| self.io(e))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| self.io(e))? {
+            let (k, v) = row.map_err(|e| self.io(e))?;
+            if let Some(key) = IpKey::from_bytes(k.value()) {
+                out.push((key, v.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stored quota counters: provider → (UTC day, spent).
+    pub fn load_quotas(&self) -> Result<HashMap<String, (u32, u32)>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = tx.open_table(QUOTAS).map_err(|e| self.io(e))?;
+        let mut out = HashMap::new();
+        for row in table.iter().map_err(|e| self.io(e))? {
+            let (k, v) = row.map_err(|e| self.io(e))?;
+            out.insert(k.value().to_string(), v.value());
+        }
+        Ok(out)
+    }
+
+    /// Writes a batch in one transaction (blocking: call from a blocking thread).
+    pub fn write(&self, batch: &[Write]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.io(e))?;
+        {
+            let mut reps = tx.open_table(REPUTATIONS).map_err(|e| self.io(e))?;
+            let mut quotas = tx.open_table(QUOTAS).map_err(|e| self.io(e))?;
+            for w in batch {
+                match w {
+                    Write::Entry(k, v) => {
+                        reps.insert(k.to_bytes().as_slice(), v.as_slice())
+                            .map_err(|e| self.io(e))?;
+                    }
+                    Write::Remove(k) => {
+                        reps.remove(k.to_bytes().as_slice())
+                            .map_err(|e| self.io(e))?;
+                    }
+                    Write::Clear => {
+                        reps.retain(|_, _| false).map_err(|e| self.io(e))?;
+                    }
+                    Write::Quota(p, day, spent) => {
+                        quotas
+                            .insert(p.as_str(), (*day, *spent))
+                            .map_err(|e| self.io(e))?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.io(e))
+    }
+}
+
+fn check_format(db: &impl ReadableDatabase, path: &Path) -> Result<(), StoreError> {
+    let foreign = |cause: String| StoreError::Foreign {
+        path: path.display().to_string(),
+        cause,
+    };
+    let tx = db.begin_read().map_err(|e| foreign(e.to_string()))?;
+    let meta = tx
+        .open_table(META)
+        .map_err(|_| foreign("no ipgate metadata".into()))?;
+    match meta.get("format").map_err(|e| foreign(e.to_string()))? {
+        Some(v) if v.value() == FORMAT => Ok(()),
+        Some(v) => Err(foreign(format!(
+            "format `{}`, expected `{FORMAT}`",
+            v.value()
+        ))),
+        None => Err(foreign("no format marker".into())),
+    }
+}
+
+/// One change to the store.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Entry(IpKey, Vec<u8>),
+    Remove(IpKey),
+    Clear,
+    Quota(String, u32, u32),
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn round_trip_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.redb");
+        let k = IpKey::V4(0x01020304);
+        {
+            let s = Store::open(&p).unwrap();
+            s.write(&[
+                Write::Entry(k, b"x".to_vec()),
+                Write::Quota("iocscout".into(), 7, 3),
+            ])
+            .unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.load_entries().unwrap(), vec![(k, b"x".to_vec())]);
+        assert_eq!(s.load_quotas().unwrap()["iocscout"], (7, 3));
+        s.write(&[Write::Remove(k)]).unwrap();
+        assert!(s.load_entries().unwrap().is_empty());
+    }
+
+    #[test]
+    fn foreign_and_corrupt_files_are_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.redb");
+        std::fs::write(&junk, b"this is not a database at all").unwrap();
+        let err = Store::open(&junk).unwrap_err();
+        assert!(err.to_string().contains("junk.redb"), "{err}");
+        assert_eq!(
+            std::fs::read(&junk).unwrap(),
+            b"this is not a database at all"
+        );
+
+        let other = dir.path().join("other.redb");
+        {
+            let db = Database::create(&other).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(TableDefinition::<&str, &str>::new("theirs"))
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let before = std::fs::read(&other).unwrap();
+        let err = Store::open(&other).unwrap_err();
+        assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+        assert!(
+            std::fs::read(&other).unwrap() == before,
+            "foreign redb file modified"
+        );
+    }
+}
