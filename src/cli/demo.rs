@@ -17,6 +17,8 @@ use super::Failure;
 
 /// The demo's policy; `{upstream}` and `{listen}` are filled in at start.
 const DEMO_POLICY: &str = include_str!("demo_policy.yaml");
+/// The offline reputation the demo's `file` provider reads.
+const DEMO_REPUTATION: &str = include_str!("demo_reputation.yaml");
 
 async fn demo_app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let h = |n: &str| {
@@ -57,9 +59,15 @@ async fn start_demo_upstream() -> anyhow::Result<SocketAddr> {
 
 pub async fn demo(listen: SocketAddr) -> Result<(), Failure> {
     let upstream = start_demo_upstream().await?;
+    let dir = std::env::temp_dir().join(format!("ipgate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let reputation = dir.join("reputation.yaml");
+    std::fs::write(&reputation, DEMO_REPUTATION)
+        .with_context(|| format!("writing {}", reputation.display()))?;
     let yaml = DEMO_POLICY
         .replace("{upstream}", &format!("http://{upstream}"))
-        .replace("{listen}", &listen.to_string());
+        .replace("{listen}", &listen.to_string())
+        .replace("{reputation}", &reputation.display().to_string());
     let cfg = Config::from_yaml(&yaml, "embedded demo policy")
         .map_err(|e| Failure::Runtime(anyhow!("embedded demo policy: {e}")))?;
     let gate = Gate::from_config(cfg)
@@ -95,7 +103,7 @@ pub async fn demo(listen: SocketAddr) -> Result<(), Failure> {
         "curl -s {w} -H 'X-Forwarded-For: not-an-ip' {url}   # expect 403: invalid-client-ip (fails closed)"
     );
     println!("Press Ctrl-C to stop.");
-    server::serve(gate, listeners, super::run::shutdown_signal())
-        .await
-        .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))
+    let served = server::serve(gate, listeners, super::run::shutdown_signal()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    served.map_err(|e| Failure::Runtime(anyhow::Error::new(e)))
 }
