@@ -263,6 +263,14 @@ impl Gate {
         self.inner.live.load().cache.clone()
     }
 
+    /// Finishes background work before exit: waits until the cache store has committed
+    /// every write.
+    pub async fn close(&self) {
+        if let Some(cache) = self.reputation_cache() {
+            cache.sync().await;
+        }
+    }
+
     /// Replaces the configuration; on error the old one stays in force.
     pub async fn reload(&self, config: Config) -> Result<(), GateError> {
         let _one_at_a_time = self.inner.reloading.lock().await;

@@ -210,6 +210,7 @@ pub async fn serve(
             tracing::warn!(grace = ?grace, "shutdown grace elapsed with connections still open")
         }
     }
+    gate.close().await;
     Ok(())
 }
 

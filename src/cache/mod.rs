@@ -323,6 +323,15 @@ impl ReputationCache {
         self.inner.entries_gauge.set(0.0);
     }
 
+    /// Waits until every write so far is committed to `cache.path` (no-op without it).
+    pub async fn sync(&self) {
+        if self.inner.shared.writer.is_some() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.persist(Write::Barrier, Some(tx));
+            let _ = rx.await;
+        }
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.inner.shared.entries.len()

@@ -155,6 +155,7 @@ impl Store {
                     Write::Clear => {
                         reps.retain(|_, _| false).map_err(|e| self.io(e))?;
                     }
+                    Write::Barrier => {}
                     Write::Quota(p, day, spent) => {
                         quotas
                             .insert(p.as_str(), (*day, *spent))
@@ -193,6 +194,8 @@ pub enum Write {
     Remove(IpKey),
     Clear,
     Quota(String, u32, u32),
+    /// Nothing: acknowledged once every earlier write is committed.
+    Barrier,
 }
 
 #[cfg(test)]

@@ -64,6 +64,16 @@ impl TestGateway {
     }
 }
 
+/// Sends a signal with the `kill` command.
+pub fn kill(signal: &str, pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {signal} {pid} failed");
+}
+
 /// A plain HTTP client for tests (no proxy from the environment).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()

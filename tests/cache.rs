@@ -1,0 +1,487 @@
+//! The reputation cache through the real Gate and binary: single flight, quotas,
+//! error_ttl, IPv6 prefixes, background mode, eviction, persistence across restarts,
+//! and a crash mid-write.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::emulator::*;
+use common::{client, upstream};
+use ipgate::{Config, Gate};
+
+const KEY: &str = "cache-test-key";
+const KEYS: EmuKeys = EmuKeys {
+    iocscout: KEY,
+    ipswamp: KEY,
+};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn providers(emu: &Emulator, quota: u32) -> String {
+    format!(
+        "providers:
+  iocscout: {{ api_key: {KEY}, base_url: '{}', daily_quota: {quota} }}
+  ipswamp: {{ api_key: {KEY}, base_url: '{}', daily_quota: {quota} }}
+rules:
+  - {{ name: block-threats, when: {{ status: threat }}, action: block }}
+",
+        emu.iocscout_url(),
+        emu.ipswamp_url()
+    )
+}
+
+async fn gate(yaml: &str) -> Gate {
+    Gate::from_config(Config::from_yaml(yaml, "test").unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_requests_cost_one_call_per_provider() {
+    let emu = Emulator::start(KEYS).await;
+    emu.set_fault(
+        Api::Iocscout,
+        Scope::All,
+        Fault::Delay(Duration::from_millis(300)),
+    );
+    emu.set_fault(
+        Api::Ipswamp,
+        Scope::All,
+        Fault::Delay(Duration::from_millis(300)),
+    );
+    emu.set_iocscout(
+        ip("198.51.100.1"),
+        Answer::Json(iocscout_threat(90, &["attack"])),
+    );
+    let g = gate(&format!(
+        "{}lookup: {{ timeout: 5s }}\n",
+        providers(&emu, 100)
+    ))
+    .await;
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let g = g.clone();
+            tokio::spawn(async move { g.decide(ip("198.51.100.1")).await })
+        })
+        .collect();
+    for t in tasks {
+        let d = t.await.unwrap();
+        assert_eq!(&*d.rule, "block-threats");
+    }
+    assert_eq!(emu.calls(Api::Iocscout), 1);
+    assert_eq!(emu.calls(Api::Ipswamp), 1);
+}
+
+#[tokio::test]
+async fn waiters_that_give_up_do_not_cause_a_second_call() {
+    let emu = Emulator::start(KEYS).await;
+    emu.set_fault(
+        Api::Iocscout,
+        Scope::All,
+        Fault::Delay(Duration::from_millis(600)),
+    );
+    emu.set_fault(
+        Api::Ipswamp,
+        Scope::All,
+        Fault::Delay(Duration::from_millis(600)),
+    );
+    let g = gate(&format!(
+        "{}lookup: {{ timeout: 100ms }}\n",
+        providers(&emu, 100)
+    ))
+    .await;
+    for _ in 0..5 {
+        let d = g.decide(ip("198.51.100.2")).await;
+        assert_eq!(&*d.rule, "lookup-error");
+    }
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!((emu.calls(Api::Iocscout), emu.calls(Api::Ipswamp)), (1, 1));
+    // The flight finished in the background and filled the cache.
+    assert_eq!(&*g.decide(ip("198.51.100.2")).await.rule, "default");
+    assert_eq!((emu.calls(Api::Iocscout), emu.calls(Api::Ipswamp)), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_quota_of_three_allows_exactly_three_calls() {
+    let emu = Emulator::start(KEYS).await;
+    emu.set_fault(
+        Api::Iocscout,
+        Scope::All,
+        Fault::Delay(Duration::from_millis(100)),
+    );
+    let yaml = format!(
+        "providers:\n  iocscout: {{ api_key: {KEY}, base_url: '{}', daily_quota: 3 }}\nrules:\n  - {{ name: t, when: {{ status: threat }}, action: block }}\nlookup: {{ on_error: block }}\n",
+        emu.iocscout_url()
+    );
+    let g = gate(&yaml).await;
+    let tasks: Vec<_> = (1..=10)
+        .map(|i| {
+            let g = g.clone();
+            tokio::spawn(async move { g.decide(ip(&format!("198.51.100.{i}"))).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for t in tasks {
+        let d = t.await.unwrap();
+        if &*d.rule == "lookup-error" {
+            refused += 1;
+            assert!(d.reason.contains("daily quota of 3 spent"), "{}", d.reason);
+        }
+    }
+    assert_eq!(emu.calls(Api::Iocscout), 3);
+    assert_eq!(refused, 7);
+    let cache = g.reputation_cache().unwrap();
+    assert_eq!(cache.quota_remaining(), vec![("iocscout", 0)]);
+}
+
+#[tokio::test]
+async fn failures_are_remembered_for_error_ttl() {
+    let emu = Emulator::start(KEYS).await;
+    emu.set_fault(Api::Iocscout, Scope::All, Fault::Status(500, None));
+    let yaml = format!(
+        "providers:\n  iocscout: {{ api_key: {KEY}, base_url: '{}', daily_quota: 100 }}\nrules:\n  - {{ name: t, when: {{ status: threat }}, action: block }}\ncache: {{ error_ttl: 400ms }}\n",
+        emu.iocscout_url()
+    );
+    let g = gate(&yaml).await;
+    for _ in 0..20 {
+        assert_eq!(&*g.decide(ip("198.51.100.3")).await.rule, "lookup-error");
+    }
+    assert_eq!(
+        emu.calls(Api::Iocscout),
+        1,
+        "an outage became a retry storm"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    emu.clear_faults();
+    emu.set_iocscout(
+        ip("198.51.100.3"),
+        Answer::Json(iocscout_threat(90, &["attack"])),
+    );
+    assert_eq!(&*g.decide(ip("198.51.100.3")).await.rule, "t");
+    assert_eq!(emu.calls(Api::Iocscout), 2);
+}
+
+#[tokio::test]
+async fn an_ipv6_client_is_looked_up_once_per_prefix() {
+    let emu = Emulator::start(KEYS).await;
+    let g = gate(&providers(&emu, 100)).await;
+    for a in [
+        "2001:db8:1:2::1",
+        "2001:db8:1:2:ffff::7",
+        "2001:db8:1:2:1:2:3:4",
+    ] {
+        g.decide(ip(a)).await;
+    }
+    assert_eq!(emu.calls(Api::Iocscout), 1);
+    g.decide(ip("2001:db8:1:3::1")).await;
+    assert_eq!(emu.calls(Api::Iocscout), 2);
+    // Per address with ipv6_prefix: 128.
+    let g = gate(&format!(
+        "{}cache: {{ ipv6_prefix: 128 }}\n",
+        providers(&emu, 100)
+    ))
+    .await;
+    emu.reset_counts();
+    for a in ["2001:db8:9::1", "2001:db8:9::2"] {
+        g.decide(ip(a)).await;
+    }
+    assert_eq!(emu.calls(Api::Iocscout), 2);
+}
+
+#[tokio::test]
+async fn background_mode_decides_on_miss_now_and_uses_the_answer_next_time() {
+    let emu = Emulator::start(KEYS).await;
+    emu.set_iocscout(
+        ip("198.51.100.4"),
+        Answer::Json(iocscout_threat(90, &["attack"])),
+    );
+    emu.set_fault(
+        Api::Iocscout,
+        Scope::All,
+        Fault::Delay(Duration::from_millis(200)),
+    );
+    let g = gate(&format!(
+        "{}lookup: {{ mode: background, on_miss: allow }}\n",
+        providers(&emu, 100)
+    ))
+    .await;
+    let d = g.decide(ip("198.51.100.4")).await;
+    assert_eq!((&*d.rule, d.is_blocked()), ("lookup-pending", false));
+    for _ in 0..50 {
+        if g.reputation_cache()
+            .unwrap()
+            .cached(ip("198.51.100.4"))
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let d = g.decide(ip("198.51.100.4")).await;
+    assert_eq!((&*d.rule, d.is_blocked()), ("block-threats", true));
+    assert_eq!(emu.calls(Api::Iocscout), 1);
+}
+
+#[tokio::test]
+async fn entries_can_be_read_evicted_and_flushed() {
+    let emu = Emulator::start(KEYS).await;
+    let g = gate(&providers(&emu, 100)).await;
+    g.decide(ip("198.51.100.5")).await;
+    g.decide(ip("198.51.100.6")).await;
+    let cache = g.reputation_cache().unwrap();
+    assert_eq!(cache.len(), 2);
+    assert!(cache.peek(ip("198.51.100.5")).is_some());
+    assert!(g.evict(ip("198.51.100.5")).await);
+    assert!(!g.evict(ip("198.51.100.5")).await);
+    g.decide(ip("198.51.100.5")).await;
+    assert_eq!(
+        emu.calls(Api::Iocscout),
+        3,
+        "an evicted IP was not looked up again"
+    );
+    cache.flush();
+    assert!(cache.is_empty());
+}
+
+#[tokio::test]
+async fn memory_stays_bounded_under_a_flood_of_ipv6_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rep = dir.path().join("rep.yaml");
+    std::fs::write(&rep, "2001:db8::/32: { status: suspicious, score: 10 }\n").unwrap();
+    let yaml = format!(
+        "providers: {{ file: {{ path: '{}' }} }}\nrules:\n  - {{ name: t, when: {{ status: threat }}, action: block }}\ncache: {{ max_entries: 1000 }}\n",
+        rep.display()
+    );
+    let g = gate(&yaml).await;
+    let cache = g.reputation_cache().unwrap();
+    for i in 0u32..1_000_000 {
+        let a = std::net::Ipv6Addr::new(0x2001, 0xdb8, (i >> 16) as u16, i as u16, 0, 0, 0, 1);
+        cache.get(IpAddr::V6(a), true).await;
+    }
+    assert!(
+        cache.len() <= 1000,
+        "{} entries kept with max_entries 1000",
+        cache.len()
+    );
+    assert!(
+        cache.len() >= 500,
+        "the cache kept almost nothing: {}",
+        cache.len()
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_binary(policy: &std::path::Path, admin: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ipgate"))
+        .args(["run", "-c", policy.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if client()
+            .get(format!("http://127.0.0.1:{admin}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the gateway did not start");
+}
+
+async fn metric(admin: u16, line_start: &str) -> f64 {
+    let text = client()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no `{line_start}` in\n{text}"))
+}
+
+#[tokio::test]
+async fn a_restart_reuses_cached_answers_and_keeps_the_quota() {
+    let emu = Emulator::start(KEYS).await;
+    emu.set_iocscout(
+        ip("198.51.100.7"),
+        Answer::Json(iocscout_threat(90, &["attack"])),
+    );
+    let up = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("policy.yaml");
+    let (port, admin) = (free_port(), free_port());
+    std::fs::write(
+        &f,
+        format!(
+            "listen: 127.0.0.1:{port}\nupstream: {}\nadmin: {{ listen: '127.0.0.1:{admin}' }}\nclient_ip: {{ trusted_proxies: [127.0.0.1/32] }}\ncache: {{ path: cache.redb }}\nproviders:\n  iocscout: {{ api_key: {KEY}, base_url: '{}', daily_quota: 3 }}\nrules:\n  - {{ name: block-threats, when: {{ status: threat }}, action: block }}\n",
+            up.url(),
+            emu.iocscout_url()
+        ),
+    )
+    .unwrap();
+    let visit = |a: &'static str| {
+        let url = format!("http://127.0.0.1:{port}/");
+        async move {
+            client()
+                .get(url)
+                .header("x-forwarded-for", a)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let mut child = start_binary(&f, admin).await;
+    assert_eq!(visit("198.51.100.7").await, 403);
+    assert_eq!(visit("198.51.100.8").await, 200);
+    assert_eq!(emu.calls(Api::Iocscout), 2);
+    assert_eq!(
+        metric(
+            admin,
+            "ipgate_provider_quota_remaining{provider=\"iocscout\"}"
+        )
+        .await,
+        1.0
+    );
+    common::kill("-TERM", child.id().unwrap());
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+
+    let mut child = start_binary(&f, admin).await;
+    assert_eq!(
+        visit("198.51.100.7").await,
+        403,
+        "the cached threat was forgotten"
+    );
+    assert_eq!(visit("198.51.100.8").await, 200);
+    assert_eq!(
+        emu.calls(Api::Iocscout),
+        2,
+        "a cached IP was looked up again after a restart"
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "ipgate_provider_quota_remaining{provider=\"iocscout\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(admin, "ipgate_cache_lookups_total{result=\"hit\"}").await,
+        2.0
+    );
+    // One look-up is left today: the next new IP gets it, the one after does not.
+    visit("198.51.100.9").await;
+    visit("198.51.100.10").await;
+    assert_eq!(
+        emu.calls(Api::Iocscout),
+        3,
+        "the quota was reset by the restart"
+    );
+    common::kill("-TERM", child.id().unwrap());
+    child.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_crash_mid_write_leaves_a_usable_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let rep = dir.path().join("rep.yaml");
+    std::fs::write(&rep, "198.51.0.0/16: { status: suspicious, score: 10 }\n").unwrap();
+    let up = upstream::start().await;
+    let f = dir.path().join("policy.yaml");
+    let (port, admin) = (free_port(), free_port());
+    std::fs::write(
+        &f,
+        format!(
+            "listen: 127.0.0.1:{port}\nupstream: {}\nadmin: {{ listen: '127.0.0.1:{admin}' }}\nclient_ip: {{ trusted_proxies: [127.0.0.1/32] }}\ncache: {{ path: cache.redb }}\nproviders: {{ file: {{ path: '{}' }} }}\nrules:\n  - {{ name: t, when: {{ status: threat }}, action: block }}\n",
+            up.url(),
+            rep.display()
+        ),
+    )
+    .unwrap();
+    let mut child = start_binary(&f, admin).await;
+    let c = Arc::new(client());
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                for i in 0..2000u32 {
+                    let a = format!("198.51.{}.{}", (w * 50) + i / 250, i % 250);
+                    if c.get(format!("http://127.0.0.1:{port}/"))
+                        .header("x-forwarded-for", a)
+                        .send()
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    common::kill("-KILL", child.id().unwrap());
+    child.wait().await.unwrap();
+    for w in writers {
+        let _ = w.await;
+    }
+    let store = dir.path().join("cache.redb");
+    assert!(store.exists());
+    let mut child = start_binary(&f, admin).await;
+    let entries = metric(admin, "ipgate_cache_entries").await;
+    assert!(entries > 0.0, "nothing survived the crash");
+    assert_eq!(
+        client()
+            .get(format!("http://127.0.0.1:{port}/"))
+            .header("x-forwarded-for", "198.51.0.1")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    common::kill("-TERM", child.id().unwrap());
+    child.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_foreign_cache_file_is_a_clear_error_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("cache.redb");
+    std::fs::write(&bad, b"not a cache").unwrap();
+    let f = dir.path().join("policy.yaml");
+    std::fs::write(&f, "upstream: http://127.0.0.1:9\ncache: { path: cache.redb }\nproviders: { file: { path: rep.yaml } }\n").unwrap();
+    std::fs::write(dir.path().join("rep.yaml"), "").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ipgate"))
+        .args(["run", "-c", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cache.redb"), "{err}");
+    assert_eq!(std::fs::read(&bad).unwrap(), b"not a cache");
+}
