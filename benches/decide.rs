@@ -1,0 +1,76 @@
+//! `Gate::decide` on a cache hit with 1 M CIDRs in the block list and 1 M cached IPs,
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! beside baselines measured in the same run: an allow-listed IP (no reputation needed)
+//! and a bare prefix-trie lookup.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use ipgate::config::Cidr;
+use ipgate::{Config, Gate};
+
+const N: u32 = 1_000_000;
+
+/// 1 M distinct /32s spread over 10.0.0.0/8 .. (never matching the 100.x test clients).
+fn cidrs() -> Vec<Cidr> {
+    (0..N)
+        .map(|i| Cidr(ipnet::IpNet::from(IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + i * 7)))))
+        .collect()
+}
+
+fn client(i: u32) -> IpAddr {
+    // 1 M clients in 11.0.0.0/8 (not private, not in the block list).
+    IpAddr::V4(Ipv4Addr::from(0x0b00_0000u32 + i))
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rep = dir.path().join("rep.yaml");
+    std::fs::write(&rep, "11.0.0.0/8: { status: suspicious, score: 10 }\n").unwrap();
+    let yaml = format!(
+        "providers: {{ file: {{ path: '{}' }} }}\nlists: {{ allow: [192.0.2.0/24] }}\ncache: {{ max_entries: 2000000 }}\nrules:\n  - {{ name: block-threats, when: {{ status: threat }}, action: block }}\n  - {{ name: block-score, when: {{ score_above: 70 }}, action: block }}\n",
+        rep.display()
+    );
+    let mut cfg = Config::from_yaml(&yaml, "bench").unwrap();
+    cfg.lists.block = cidrs();
+    let gate = rt.block_on(Gate::from_config(cfg)).unwrap();
+    // Warm the cache with 1 M clients.
+    let cache = gate.reputation_cache().unwrap();
+    rt.block_on(async {
+        for i in 0..N {
+            cache.get(client(i), true).await;
+        }
+    });
+    assert!(cache.len() >= N as usize - 1000, "cache holds {}", cache.len());
+    let set: ipgate::lists::IpSet = cidrs().into_iter().map(|c| c.0).collect();
+
+    let mut g = c.benchmark_group("decide");
+    let mut i = 0u32;
+    g.bench_function("cache_hit_1M_cidrs_1M_cached", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 7919) % N;
+            let gate = &gate;
+            async move { black_box(gate.decide(client(i)).await) }
+        })
+    });
+    g.bench_function("baseline_allow_list_hit", |b| {
+        b.to_async(&rt).iter(|| async { black_box(gate.decide(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))).await) })
+    });
+    let mut j = 0u32;
+    g.bench_function("baseline_trie_lookup_1M", |b| {
+        b.iter(|| {
+            j = (j + 7919) % N;
+            black_box(set.contains(client(j)))
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(4));
+    targets = bench
+}
+criterion_main!(benches);
