@@ -13,6 +13,7 @@ use crate::block_page::{BlockBody, BlockPage, BlockPageError};
 use crate::cache::ReputationCache;
 use crate::client_ip::ClientIpResolver;
 use crate::config::{Action, Config, ConfigError, Mode};
+use crate::feeds::Feeds;
 use crate::lists::IpSet;
 use crate::policy::{LocalFacts, Outcome, Policy, TraceStep};
 use crate::reputation::{Lookup, NoReputation, ReputationSource};
@@ -118,7 +119,7 @@ pub(crate) struct Live {
     allow: IpSet,
     block: IpSet,
     policy: Policy,
-    facts: Arc<dyn LocalFacts + Send + Sync>,
+    pub(crate) feeds: Feeds,
     source: Arc<dyn ReputationSource>,
     pub(crate) block_page: BlockPage,
     pub(crate) upstream: Option<crate::proxy::Upstream>,
@@ -132,8 +133,7 @@ impl Live {
     fn build(
         config: Config,
         source: Arc<dyn ReputationSource>,
-        facts: Arc<dyn LocalFacts + Send + Sync>,
-        list_index: &dyn Fn(&str) -> Option<usize>,
+        feeds: Feeds,
     ) -> Result<Live, GateError> {
         let block_page = BlockPage::from_config(&config.block_response)?;
         let upstream = match &config.upstream {
@@ -146,7 +146,7 @@ impl Live {
         );
         let allow = config.lists.allow.iter().map(|c| c.0).collect();
         let block = config.lists.block.iter().map(|c| c.0).collect();
-        let policy = Policy::compile(&config, list_index);
+        let policy = Policy::compile(&config, &|name| feeds.index_of(name));
         let names = [
             BAN,
             ALLOW_LIST,
@@ -174,7 +174,7 @@ impl Live {
             allow,
             block,
             policy,
-            facts,
+            feeds,
             source,
             block_page,
             upstream,
@@ -277,7 +277,8 @@ impl Gate {
         let previous = self.inner.live.load_full();
         match build_live(config, Some(&previous), self.inner.custom_source.clone()).await {
             Ok(live) => {
-                self.inner.live.store(Arc::new(live));
+                let old = self.inner.live.swap(Arc::new(live));
+                old.feeds.stop();
                 metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "ok").increment(1);
                 tracing::info!("configuration reloaded");
                 Ok(())
@@ -395,7 +396,7 @@ impl Gate {
                 None,
             )
         } else {
-            let outcome = match live.policy.evaluate(ip, live.facts.as_ref(), None, 0, None) {
+            let outcome = match live.policy.evaluate(ip, &live.feeds, None, 0, None) {
                 Ok(o) => o,
                 Err(from) => {
                     let l = match live.source.cached(ip) {
@@ -407,7 +408,7 @@ impl Gate {
                     } else {
                         // With a lookup given, evaluation always ends.
                         live.policy
-                            .evaluate(ip, live.facts.as_ref(), Some(&l), from, None)
+                            .evaluate(ip, &live.feeds, Some(&l), from, None)
                             .unwrap_or(Outcome::Default(live.config.default))
                     };
                     reputation = Some(l);
@@ -546,10 +547,7 @@ impl Gate {
         {
             return self.decide_with(live, ip).await;
         }
-        let outcome = match live
-            .policy
-            .evaluate(ip, live.facts.as_ref(), None, 0, Some(trace))
-        {
+        let outcome = match live.policy.evaluate(ip, &live.feeds, None, 0, Some(trace)) {
             Ok(o) => o,
             Err(from) => {
                 let l = if allow_lookup {
@@ -570,7 +568,7 @@ impl Gate {
                 };
                 let o = live
                     .policy
-                    .evaluate(ip, live.facts.as_ref(), Some(&l), from, Some(trace))
+                    .evaluate(ip, &live.feeds, Some(&l), from, Some(trace))
                     .unwrap_or(Outcome::Default(live.config.default));
                 *rep = Some(l);
                 o
@@ -590,7 +588,20 @@ impl Gate {
 
     /// Reasons the gate is not ready (empty when ready).
     pub fn readiness_problems(&self) -> Vec<String> {
-        self.live().source.problems()
+        let live = self.live();
+        let mut problems = live.source.problems();
+        problems.extend(
+            live.feeds
+                .not_loaded()
+                .into_iter()
+                .map(|f| format!("feed {f} never loaded")),
+        );
+        problems
+    }
+
+    /// The feeds in force (status, refresh).
+    pub fn feeds(&self) -> Feeds {
+        self.live().feeds.clone()
     }
 
     /// Forgets what the cache holds for `ip`; true when something was removed.
@@ -651,12 +662,39 @@ async fn build_live(
             (Arc::new(cache.clone()), Some(cache))
         }
     };
-    let facts: Arc<dyn LocalFacts + Send + Sync> = Arc::new(crate::policy::NoLocalFacts);
-    let mut live = Live::build(config, source, facts, &|_| None)?;
+    let feeds = if config.lists.feeds.is_empty() {
+        Feeds::empty()
+    } else {
+        let client =
+            crate::providers::http_client().map_err(|e| GateError::Setup(e.to_string()))?;
+        Feeds::start(&config.lists.feeds, feed_store_dir(&config), client).await
+    };
+    let mut live = Live::build(config, source, feeds)?;
     live.cache = cache;
     Ok(live)
 }
 
-fn facts_names(_live: &Live, _ip: IpAddr) -> Vec<String> {
-    Vec::new()
+/// Where the last good copy of each feed is kept: beside `cache.path`
+/// (`ipgate-cache.redb` → `ipgate-cache.feeds/`), or nowhere without it.
+fn feed_store_dir(config: &Config) -> Option<std::path::PathBuf> {
+    let path = std::path::Path::new(&config.cache.path.as_ref()?.0);
+    if path.as_os_str().is_empty() {
+        return None;
+    }
+    Some(path.with_extension("feeds"))
+}
+
+impl LocalFacts for Feeds {
+    #[inline]
+    fn in_list(&self, index: usize, ip: IpAddr) -> bool {
+        self.contains(index, ip)
+    }
+    #[inline]
+    fn tagged(&self, tag: crate::config::FeedTag, ip: IpAddr) -> bool {
+        self.has_tag(tag, ip)
+    }
+}
+
+fn facts_names(live: &Live, ip: IpAddr) -> Vec<String> {
+    live.feeds.names_containing(ip)
 }

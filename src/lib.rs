@@ -21,6 +21,7 @@ pub mod block_page;
 pub mod cache;
 pub mod client_ip;
 pub mod config;
+pub mod feeds;
 pub mod gate;
 pub mod headers;
 pub mod layer;

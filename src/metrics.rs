@@ -16,6 +16,10 @@ pub const CACHE_LOOKUPS: &str = "ipgate_cache_lookups_total";
 pub const CACHE_ENTRIES: &str = "ipgate_cache_entries";
 /// `ipgate_feed_entries{feed}`
 pub const FEED_ENTRIES: &str = "ipgate_feed_entries";
+/// `ipgate_feed_refresh_total{feed,result}` (ok, not_modified, error)
+pub const FEED_REFRESH: &str = "ipgate_feed_refresh_total";
+/// `ipgate_feed_age_seconds{feed}`: seconds since the last good load
+pub const FEED_AGE: &str = "ipgate_feed_age_seconds";
 /// `ipgate_config_reloads_total{result}`
 pub const CONFIG_RELOADS: &str = "ipgate_config_reloads_total";
 /// `ipgate_upstream_seconds` histogram
@@ -42,7 +46,6 @@ pub fn describe() {
     );
     describe_counter!(CACHE_LOOKUPS, "Reputation cache look-ups, by result.");
     describe_gauge!(CACHE_ENTRIES, "Entries in the reputation cache.");
-    describe_gauge!(FEED_ENTRIES, "Networks in each feed.");
     describe_counter!(CONFIG_RELOADS, "Configuration reloads, by result.");
     describe_histogram!(
         UPSTREAM_SECONDS,
@@ -50,4 +53,5 @@ pub fn describe() {
         "Time to the upstream's response head."
     );
     describe_counter!(LOOKUP_FAILURES, "Decisions made by lookup.on_error.");
+    crate::feeds::describe_metrics();
 }

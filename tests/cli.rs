@@ -320,3 +320,35 @@ async fn demo_curl_lines_behave_as_printed() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn run_reloads_when_the_watched_file_changes() {
+    let up = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    let port = free_port();
+    let base = format!(
+        "listen: 127.0.0.1:{port}\nupstream: {}\nreload: {{ watch: true }}\n",
+        up.url()
+    );
+    std::fs::write(&f, &base).unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "-c", f.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    wait_for_status(&url, 200).await;
+    // Write a new file and rename it over the old one, as editors do.
+    let tmp = dir.path().join("p.yaml.new");
+    std::fs::write(&tmp, format!("{base}lists: {{ block: [127.0.0.1] }}\n")).unwrap();
+    std::fs::rename(&tmp, &f).unwrap();
+    wait_for_status(&url, 403).await;
+    kill("-TERM", child.id().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

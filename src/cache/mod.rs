@@ -50,35 +50,64 @@ enum PartResult {
     Skipped,
 }
 
-/// What the cache holds for one key.
-#[derive(Debug)]
-struct Entry {
-    parts: Vec<Part>,
+/// Index of a provider name in [`crate::config::PROVIDER_NAMES`].
+fn provider_index(name: &str) -> usize {
+    crate::config::PROVIDER_NAMES
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or(0)
+}
+
+/// What the cache holds for one key. A hit reads only this value (kept inline by the
+/// cache) and bumps one reference count: the expiries of each provider's part are
+/// here, the parts themselves are rebuilt from the shared `Lookup` when needed.
+#[derive(Debug, Clone)]
+struct Slot {
+    /// Unix ms until which each provider's part is fresh (0: no part), by provider index.
+    expires: [u64; 3],
     /// The parts as a Lookup (cached = true), shared by every hit.
     lookup: Arc<Lookup>,
 }
 
-impl Entry {
-    fn new(parts: Vec<Part>) -> Entry {
+impl Slot {
+    fn new(parts: &[Part]) -> Slot {
         let mut lookup = Lookup {
             cached: true,
             ..Lookup::default()
         };
-        for p in &parts {
+        let mut expires = [0u64; 3];
+        for p in parts {
+            expires[provider_index(&p.provider)] = p.expires_ms;
             match &p.result {
                 PartResult::Answer(r) => lookup.answers.push(r.clone()),
                 PartResult::Error(e) => lookup.errors.push((p.provider.clone(), e.clone())),
                 PartResult::Skipped => {}
             }
         }
-        Entry {
-            parts,
+        Slot {
+            expires,
             lookup: Arc::new(lookup),
         }
     }
 
-    fn part(&self, provider: &str) -> Option<&Part> {
-        self.parts.iter().find(|p| p.provider == provider)
+    /// The part of `provider`, if the slot has one.
+    fn part(&self, provider: &str) -> Option<Part> {
+        let expires_ms = self.expires[provider_index(provider)];
+        if expires_ms == 0 {
+            return None;
+        }
+        let result = if let Some(r) = self.lookup.answers.iter().find(|r| r.provider == provider) {
+            PartResult::Answer(r.clone())
+        } else if let Some((_, e)) = self.lookup.errors.iter().find(|(p, _)| p == provider) {
+            PartResult::Error(e.clone())
+        } else {
+            PartResult::Skipped
+        };
+        Some(Part {
+            provider: provider.to_string(),
+            expires_ms,
+            result,
+        })
     }
 }
 
@@ -95,6 +124,8 @@ pub enum CacheError {
 
 struct ProviderSlot {
     provider: Arc<dyn Provider>,
+    /// Index in `PROVIDER_NAMES` (where its expiry lives in a [`Slot`]).
+    index: usize,
     quota: Option<Arc<Quota>>,
     remote: bool,
     requests: [metrics::Counter; 6],
@@ -116,7 +147,7 @@ type Writer = std::sync::mpsc::Sender<(Write, Option<tokio::sync::oneshot::Sende
 
 /// What survives a reload: the entries, the flights, the store and the quota counters.
 struct Kept {
-    entries: quick_cache::sync::Cache<IpKey, Arc<Entry>>,
+    entries: quick_cache::sync::Cache<IpKey, Slot>,
     flights: Mutex<HashMap<IpKey, Flight>>,
     writer: Option<Writer>,
     path: Option<String>,
@@ -244,7 +275,7 @@ impl ReputationCache {
                 if let Some(q) = &quota {
                     quota_gauge.set(f64::from(q.remaining(today)));
                 }
-                ProviderSlot { remote: name != "file", provider: p, quota, requests, quota_gauge }
+                ProviderSlot { remote: name != "file", index: provider_index(name), provider: p, quota, requests, quota_gauge }
             })
             .collect();
         let results = ["hit", "miss", "stale", "coalesced"]
@@ -273,10 +304,7 @@ impl ReputationCache {
         for (key, bytes) in store.load_entries()? {
             match serde_json::from_slice::<Vec<Part>>(&bytes) {
                 Ok(parts) if parts.iter().any(|p| p.expires_ms > now) => {
-                    self.inner
-                        .shared
-                        .entries
-                        .insert(key, Arc::new(Entry::new(parts)));
+                    self.inner.shared.entries.insert(key, Slot::new(&parts));
                     loaded += 1;
                 }
                 Ok(_) => {}
@@ -356,13 +384,13 @@ impl ReputationCache {
             .collect()
     }
 
-    /// A fresh entry for `key`: every provider's part unexpired.
-    fn fresh(&self, entry: &Entry, now: u64) -> bool {
-        self.inner.providers.iter().all(|s| {
-            entry
-                .part(s.provider.name())
-                .is_some_and(|p| p.expires_ms > now)
-        })
+    /// A fresh entry: every provider's part unexpired.
+    #[inline]
+    fn fresh(&self, slot: &Slot, now: u64) -> bool {
+        self.inner
+            .providers
+            .iter()
+            .all(|s| slot.expires[s.index] > now)
     }
 
     fn persist(&self, w: Write, ack: Option<tokio::sync::oneshot::Sender<()>>) {
@@ -374,10 +402,10 @@ impl ReputationCache {
     /// The cached answer for `ip` when it is fresh (the hot path: no allocation).
     #[inline]
     pub fn cached(&self, ip: IpAddr) -> Option<Arc<Lookup>> {
-        let entry = self.inner.shared.entries.get(&self.key(ip))?;
-        if self.fresh(&entry, now_ms()) {
+        let slot = self.inner.shared.entries.get(&self.key(ip))?;
+        if self.fresh(&slot, now_ms()) {
             self.inner.results[0].increment(1);
-            Some(entry.lookup.clone())
+            Some(slot.lookup)
         } else {
             None
         }
@@ -441,7 +469,7 @@ impl ReputationCache {
     }
 
     /// One flight: asks every provider whose part is missing or stale, concurrently.
-    async fn fly(self, key: IpKey, ip: IpAddr, previous: Option<Arc<Entry>>) -> Arc<Lookup> {
+    async fn fly(self, key: IpKey, ip: IpAddr, previous: Option<Slot>) -> Arc<Lookup> {
         let now = now_ms();
         let this = &self;
         let inner = &self.inner;
@@ -449,8 +477,7 @@ impl ReputationCache {
             let keep = previous
                 .as_ref()
                 .and_then(|e| e.part(slot.provider.name()))
-                .filter(|p| p.expires_ms > now)
-                .cloned();
+                .filter(|p| p.expires_ms > now);
             async move {
                 match keep {
                     Some(p) => p,
@@ -459,10 +486,10 @@ impl ReputationCache {
             }
         });
         let parts: Vec<Part> = futures_util::future::join_all(asks).await;
-        let entry = Arc::new(Entry::new(parts));
-        if let Ok(bytes) = serde_json::to_vec(&entry.parts) {
+        if let Ok(bytes) = serde_json::to_vec(&parts) {
             self.persist(Write::Entry(key, bytes), None);
         }
+        let entry = Slot::new(&parts);
         inner.shared.entries.insert(key, entry.clone());
         inner.entries_gauge.set(inner.shared.entries.len() as f64);
         inner

@@ -166,15 +166,26 @@ impl<'de> Deserialize<'de> for Reference {
 /// Parses an IP or CIDR, rejecting what the std parser rejects (leading zeros, junk).
 pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
     let s = s.trim();
-    let net = if s.contains('/') {
-        s.parse::<IpNet>().map_err(|_| {
-            format!("`{s}` is not a valid CIDR (e.g. 203.0.113.0/24 or 2001:db8::/32)")
-        })?
-    } else {
-        let ip: IpAddr = s
-            .parse()
-            .map_err(|_| format!("`{s}` is not a valid IP address or CIDR"))?;
-        IpNet::from(ip)
+    let bad = || {
+        format!("`{s}` is not a valid IP address or CIDR (e.g. 203.0.113.0/24 or 2001:db8::/32)")
+    };
+    // The std parser is strict (no leading zeros, no zone ids); ipnet's is not, so the
+    // address and the prefix length are parsed separately.
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| bad())?;
+    let net = match prefix {
+        None => IpNet::from(ip),
+        Some(p) => {
+            let strict = !p.is_empty()
+                && p.chars().all(|c| c.is_ascii_digit())
+                && (p == "0" || !p.starts_with('0'));
+            let len: u8 = p.parse().ok().filter(|_| strict).ok_or_else(bad)?;
+            IpNet::new(ip, len)
+                .map_err(|_| format!("`{s}`: prefix /{len} is too long for the address"))?
+        }
     };
     Ok(Cidr(normalize_net(net)))
 }
