@@ -485,3 +485,45 @@ async fn a_foreign_cache_file_is_a_clear_error_and_left_alone() {
     assert!(err.contains("cache.redb"), "{err}");
     assert_eq!(std::fs::read(&bad).unwrap(), b"not a cache");
 }
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// A measurement, not a check: `cargo test --release --test cache -- --ignored --nocapture rss`.
+#[tokio::test]
+#[ignore = "a measurement: run with --release --ignored --nocapture"]
+async fn rss_after_two_million_distinct_ips_with_max_entries_100k() {
+    let dir = tempfile::tempdir().unwrap();
+    let rep = dir.path().join("rep.yaml");
+    std::fs::write(
+        &rep,
+        "0.0.0.0/1: { status: suspicious, score: 10 }\n128.0.0.0/1: { status: unknown }\n",
+    )
+    .unwrap();
+    let yaml = format!(
+        "providers: {{ file: {{ path: '{}' }} }}\nrules:\n  - {{ name: t, when: {{ status: threat }}, action: block }}\ncache: {{ max_entries: 100000 }}\nlookup: {{ skip_private: false }}\n",
+        rep.display()
+    );
+    let before = rss_mib();
+    let g = gate(&yaml).await;
+    let cache = g.reputation_cache().unwrap();
+    for i in 0u32..2_000_000 {
+        cache
+            .get(IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i)), true)
+            .await;
+    }
+    let after = rss_mib();
+    println!(
+        "RSS before {before:.1} MiB, after 2 M distinct IPs with max_entries 100000: {after:.1} MiB; entries kept: {}",
+        cache.len()
+    );
+    assert!(cache.len() <= 100_000);
+}
