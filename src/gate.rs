@@ -316,47 +316,22 @@ impl Gate {
         match live.resolver.resolve(peer, headers) {
             Ok(ip) => self.decide_with(&live, ip).await,
             Err(e) => {
-                let rule = live.names[3].clone();
-                let dry_run = live.config.mode == Mode::DryRun;
-                live.count(None, &rule, Action::Block, dry_run);
                 tracing::info!(peer = %peer, error = %e, "request refused: invalid client IP");
-                Decision {
-                    client_ip: peer.to_canonical(),
-                    action: if dry_run {
-                        Action::Allow
-                    } else {
-                        Action::Block
-                    },
-                    verdict: Action::Block,
-                    rule,
-                    reason: Arc::from(e.to_string()),
-                    reputation: None,
-                }
+                refuse_invalid(&live, peer.to_canonical(), Arc::from(e.to_string()))
             }
         }
     }
 
     /// The decision for a request whose peer address is unknown: refused (fail closed).
     pub fn decide_without_peer(&self) -> Decision {
-        let live = self.live();
-        let rule = live.names[3].clone();
-        let dry_run = live.config.mode == Mode::DryRun;
-        live.count(None, &rule, Action::Block, dry_run);
         tracing::warn!(
             "request without a peer address: serve with into_make_service_with_connect_info::<SocketAddr>() or insert ipgate::ClientIp"
         );
-        Decision {
-            client_ip: IpAddr::from([0, 0, 0, 0]),
-            action: if dry_run {
-                Action::Allow
-            } else {
-                Action::Block
-            },
-            verdict: Action::Block,
-            rule,
-            reason: Arc::from("no peer address for the request"),
-            reputation: None,
-        }
+        refuse_invalid(
+            &self.live(),
+            IpAddr::from([0, 0, 0, 0]),
+            Arc::from("no peer address for the request"),
+        )
     }
 
     /// Decides for a client IP.
@@ -616,6 +591,26 @@ impl Gate {
         accept: Option<&http::HeaderValue>,
     ) -> BlockBody {
         self.live().block_page.render(decision, accept)
+    }
+}
+
+/// The `invalid-client-ip` decision: refused (fail closed), counted; never blocks in
+/// dry_run mode.
+fn refuse_invalid(live: &Live, client_ip: IpAddr, reason: Arc<str>) -> Decision {
+    let rule = live.names[3].clone();
+    let dry_run = live.config.mode == Mode::DryRun;
+    live.count(None, &rule, Action::Block, dry_run);
+    Decision {
+        client_ip,
+        action: if dry_run {
+            Action::Allow
+        } else {
+            Action::Block
+        },
+        verdict: Action::Block,
+        rule,
+        reason,
+        reputation: None,
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::emulator::*;
-use common::{client, upstream};
+use common::{client, free_port, upstream};
 use ipgate::{Config, Gate};
 
 const KEY: &str = "cache-test-key";
@@ -275,14 +275,6 @@ async fn memory_stays_bounded_under_a_flood_of_ipv6_prefixes() {
         "the cache kept almost nothing: {}",
         cache.len()
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn start_binary(policy: &std::path::Path, admin: u16) -> tokio::process::Child {

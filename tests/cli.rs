@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::upstream;
+use common::{free_port, kill, upstream};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ipgate");
@@ -17,15 +17,6 @@ fn ipgate(args: &[&str]) -> std::process::Output {
         .env_remove("IPGATE_UPSTREAM")
         .output()
         .unwrap()
-}
-
-fn kill(signal: &str, pid: u32) {
-    let ok = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {signal} {pid} failed");
 }
 
 #[test]
@@ -163,14 +154,6 @@ fn run_exit_codes() {
     let out = ipgate(&["run", "-c", f.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("upstream"));
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn wait_for_status(url: &str, want: u16) {

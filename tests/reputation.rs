@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::emulator::*;
-use common::{TestGateway, client, upstream};
+use common::{TestGateway, client, free_port, upstream};
 use serde_json::Value;
 
 const KEY: &str = "KEY-sekrit-1234567890";
@@ -241,14 +241,6 @@ async fn unauthorized_disables_the_provider_until_reload() {
     gw.gate.reload(cfg).await.unwrap();
     assert!(gw.gate.readiness_problems().is_empty());
     gw.shutdown().await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The real binary, every fault, trace logging: the key appears in no log line, no

@@ -64,6 +64,15 @@ impl TestGateway {
     }
 }
 
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Sends a signal with the `kill` command.
 pub fn kill(signal: &str, pid: u32) {
     let ok = std::process::Command::new("kill")
