@@ -117,9 +117,9 @@ pub struct Reputation {
     pub asn: Option<u32>,
     /// Last malicious activity, unix seconds.
     pub last_seen: Option<i64>,
-    /// The provider's full answer, every field kept.
+    /// The provider's full answer, every field kept (as compact JSON text).
     #[serde(default)]
-    pub raw: serde_json::Value,
+    pub raw: RawJson,
 }
 
 impl Reputation {
@@ -136,8 +136,71 @@ impl Reputation {
             country: None,
             asn: None,
             last_seen: None,
-            raw: serde_json::Value::Null,
+            raw: RawJson::default(),
         }
+    }
+}
+
+/// A provider's answer kept as compact JSON text. It serializes inline (as the JSON it
+/// holds); a parsed `serde_json::Value` tree would cost several times the memory in a
+/// cache of a million answers.
+#[derive(Clone)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// The JSON of `value`.
+    pub fn from_value(value: &serde_json::Value) -> RawJson {
+        serde_json::value::to_raw_value(value)
+            .map(RawJson)
+            .unwrap_or_default()
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The JSON as a value tree.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Default for RawJson {
+    fn default() -> Self {
+        RawJson(serde_json::value::RawValue::NULL.to_owned())
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_value() == other.to_value()
+    }
+}
+
+impl PartialEq<serde_json::Value> for RawJson {
+    fn eq(&self, other: &serde_json::Value) -> bool {
+        self.to_value() == *other
+    }
+}
+
+impl fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.get())
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Any self-describing format: read a value, keep its compact text.
+        let v = serde_json::Value::deserialize(d)?;
+        Ok(RawJson::from_value(&v))
     }
 }
 

@@ -240,7 +240,7 @@ async fn ipswamp_answers_are_normalized() {
         (Status::Threat, Some(85), Some(1_765_368_000))
     );
     assert_eq!((r.country.as_deref(), r.asn), (Some("DE"), Some(64496)));
-    assert_eq!(r.raw["details"]["ip"], "198.51.100.1");
+    assert_eq!(r.raw.to_value()["details"]["ip"], "198.51.100.1");
     let r = p.lookup(ip("198.51.100.2")).await.unwrap();
     assert_eq!(
         (r.status, r.score, r.last_seen),
@@ -260,7 +260,7 @@ async fn ipswamp_answers_are_normalized() {
         (r.status, r.score, r.last_seen),
         (Status::Unknown, Some(73), None)
     );
-    assert_eq!(r.raw["details"]["ip_rep"], "bot, crawler");
+    assert_eq!(r.raw.to_value()["details"]["ip_rep"], "bot, crawler");
     let r = p.lookup(ip("203.0.113.1")).await.unwrap();
     assert_eq!((r.status, r.score), (Status::Unknown, Some(0)));
 }
@@ -283,7 +283,7 @@ async fn ipswamp_auth_modes_and_detailed() {
     assert_eq!(seen.header("x-api-key"), None);
     assert_eq!(seen.param("detailed"), Some("true"));
     assert_eq!(seen.param("ip"), Some("198.51.100.1"));
-    assert!(r.raw.get("ipInfo").is_some());
+    assert!(r.raw.to_value().get("ipInfo").is_some());
     assert_eq!(r.country.as_deref(), Some("DE"));
 
     let header = Ipswamp::new(
@@ -301,7 +301,7 @@ async fn ipswamp_auth_modes_and_detailed() {
         "IPSwamp's key never goes in the URL"
     );
     assert!(
-        r.raw.get("ipInfo").is_none(),
+        r.raw.to_value().get("ipInfo").is_none(),
         "ipInfo only with detailed=true"
     );
     assert_eq!((r.country, r.asn), (None, None));

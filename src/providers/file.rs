@@ -70,7 +70,9 @@ impl FileEntry {
             country: self.country.clone(),
             asn: self.asn,
             last_seen: None,
-            raw: serde_json::to_value(self).unwrap_or(serde_json::Value::Null),
+            raw: crate::reputation::RawJson::from_value(
+                &serde_json::to_value(self).unwrap_or(serde_json::Value::Null),
+            ),
         }
     }
 }

@@ -187,7 +187,7 @@ pub fn normalize(resp: &Response, raw: Value) -> Reputation {
             .and_then(|n| n.autonomous_system.as_ref())
             .and_then(|a| a.number),
         last_seen: resp.detection.as_ref().and_then(|d| d.last),
-        raw,
+        raw: crate::reputation::RawJson::from_value(&raw),
     }
 }
 
@@ -569,7 +569,7 @@ mod tests {
         assert_eq!(rep.asn, Some(64500));
         assert_eq!(rep.last_seen, Some(1_765_368_000));
         assert_eq!(
-            rep.raw["new_field"]["x"],
+            rep.raw.to_value()["new_field"]["x"],
             json!(1),
             "raw keeps unknown fields"
         );

@@ -256,7 +256,7 @@ pub fn normalize(resp: &Response, whitelisted: bool, raw: Value) -> Reputation {
         last_seen: details
             .and_then(|d| d.last_attack.as_ref())
             .and_then(|s| lenient::timestamp_of(&Value::String(s.clone()))),
-        raw,
+        raw: crate::reputation::RawJson::from_value(&raw),
     }
 }
 
@@ -501,7 +501,11 @@ mod tests {
         ] {
             let r = with_details(json!({ "ip_rep": v }));
             assert_eq!(r.status, want, "{v}");
-            assert_eq!(r.raw["details"]["ip_rep"], json!(v), "raw keeps the text");
+            assert_eq!(
+                r.raw.to_value()["details"]["ip_rep"],
+                json!(v),
+                "raw keeps the text"
+            );
         }
         assert_eq!(
             with_details(json!({ "ip_rep": null })).status,
@@ -567,7 +571,7 @@ mod tests {
         let r =
             rep(json!({"message": "x", "details": {"score": 5, "new": [1, 2]}, "meta": {"v": 2}}));
         assert_eq!(r.score, Some(5));
-        assert_eq!(r.raw["meta"]["v"], json!(2));
+        assert_eq!(r.raw.to_value()["meta"]["v"], json!(2));
         let r = rep(json!({"details": "garbage"}));
         assert_eq!(r.status, Status::Unknown);
     }
