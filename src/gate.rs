@@ -86,6 +86,8 @@ pub enum GateError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     BlockPage(#[from] BlockPageError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
     #[error("{0}")]
     Setup(String),
 }
@@ -673,8 +675,7 @@ async fn build_live(
             let providers = crate::providers::build(&config.providers, client)
                 .map_err(|e| GateError::Setup(e.to_string()))?;
             let cache =
-                ReputationCache::new(&config, providers, previous.and_then(|p| p.cache.as_ref()))
-                    .map_err(|e| GateError::Setup(e.to_string()))?;
+                ReputationCache::new(&config, providers, previous.and_then(|p| p.cache.as_ref()))?;
             (Arc::new(cache.clone()), Some(cache))
         }
     };

@@ -335,3 +335,63 @@ async fn run_reloads_when_the_watched_file_changes() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn check_beside_a_running_gateway_that_holds_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rep.yaml"),
+        "198.51.100.66: { status: threat, score: 95 }\n",
+    )
+    .unwrap();
+    let f = dir.path().join("p.yaml");
+    let port = free_port();
+    std::fs::write(
+        &f,
+        format!("listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:9\nclient_ip: {{ trusted_proxies: [127.0.0.1/32] }}\ncache: {{ path: cache.redb }}\nproviders: {{ file: {{ path: rep.yaml }} }}\nrules:\n  - {{ name: block-threats, when: {{ status: threat }}, action: block }}\n"),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "-c", f.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_status(&format!("http://127.0.0.1:{port}/"), 502).await;
+    let r = common::client()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .header("x-forwarded-for", "198.51.100.66")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let out = ipgate(&["check", "-c", f.to_str().unwrap(), "198.51.100.66"]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("held by a running gateway") && err.contains("/v1/decision"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("decision:"));
+    let out = ipgate(&[
+        "check",
+        "-c",
+        f.to_str().unwrap(),
+        "198.51.100.66",
+        "--lookup",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("would spend quota"));
+    kill("-TERM", child.id().unwrap());
+    child.wait().await.unwrap();
+    // With the gateway gone, check reads the store: the answer the gateway cached.
+    let out = ipgate(&["check", "-c", f.to_str().unwrap(), "198.51.100.66"]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("decision:  block")
+            && s.contains("reputation (cached)")
+            && s.contains("status=\"threat\""),
+        "{s}"
+    );
+}

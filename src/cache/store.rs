@@ -20,6 +20,8 @@ const FORMAT: &str = "ipgate-cache-1";
 pub enum StoreError {
     #[error("cache.path {path}: cannot open ({cause}); the file was left untouched")]
     Open { path: String, cause: String },
+    #[error("cache.path {path} is in use by another process (a running gateway?)")]
+    Locked { path: String },
     #[error("cache.path {path}: not an ipgate cache file ({cause}); the file was left untouched")]
     Foreign { path: String, cause: String },
     #[error("cache.path {path}: {cause}")]
@@ -55,6 +57,9 @@ impl Store {
                     drop(ro);
                 }
                 Err(redb::DatabaseError::RepairAborted) => {}
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(StoreError::Locked { path: p.clone() });
+                }
                 Err(e) => {
                     return Err(StoreError::Open {
                         path: p.clone(),

@@ -85,7 +85,12 @@ impl From<anyhow::Error> for Failure {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // One-shot commands print their answer; their logs only matter when something is wrong.
+    let default_level = match cli.command {
+        Command::Run { .. } | Command::Demo { .. } => "info",
+        Command::Check { .. } | Command::Validate { .. } => "warn",
+    };
+    init_tracing(cli.log_format, default_level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -122,11 +127,11 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("IPGATE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -160,9 +165,29 @@ async fn check(path: &Path, ip: &str, lookup: bool, json: bool) -> Result<(), Fa
         .parse()
         .map_err(|_| Failure::Config(anyhow::anyhow!("`{ip}` is not an IP address")))?;
     let cfg = load(path)?;
-    let gate = ipgate::Gate::from_config(cfg)
-        .await
-        .map_err(|e| Failure::Config(anyhow::Error::new(e)))?;
+    let gate = match ipgate::Gate::from_config(cfg.clone()).await {
+        Ok(g) => g,
+        // A running gateway holds the store: read-only questions go on without it (and
+        // say so); a look-up would spend quota the gateway cannot count, so it is refused.
+        Err(ipgate::GateError::Cache(ipgate::cache::CacheError::Store(
+            ipgate::cache::store::StoreError::Locked { path: store },
+        ))) => {
+            if lookup {
+                return Err(Failure::Runtime(anyhow::anyhow!(
+                    "cache.path {store} is held by a running gateway: --lookup would spend quota it cannot count; ask the gateway instead: GET /v1/decision?ip={ip}&lookup=true on its admin API"
+                )));
+            }
+            eprintln!(
+                "note: cache.path {store} is held by a running gateway, so cached reputation is not shown; the gateway's admin API answers with it: GET /v1/decision?ip={ip}"
+            );
+            let mut cfg = cfg;
+            cfg.cache.path = None;
+            ipgate::Gate::from_config(cfg)
+                .await
+                .map_err(|e| Failure::Config(anyhow::Error::new(e)))?
+        }
+        Err(e) => return Err(Failure::Config(anyhow::Error::new(e))),
+    };
     let e = gate.explain(ip, lookup).await;
     if json {
         let text = serde_json::to_string_pretty(&e).context("rendering JSON")?;
