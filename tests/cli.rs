@@ -267,10 +267,25 @@ async fn demo_curl_lines_behave_as_printed() {
             break;
         }
     }
-    assert!(
-        curls.len() >= 4,
-        "the demo printed too few curl lines: {curls:?}"
-    );
+    assert_eq!(curls.len(), 11, "the demo's curl lines: {curls:?}");
+    // Every kind of decision the tour promises is among them.
+    for what in [
+        "lists.allow",
+        "lists.block",
+        "JSON",
+        "invalid-client-ip",
+        "block-threats",
+        "above 70",
+        "not above 70",
+        "block-tor",
+        "block-vpn",
+        "allow-scanners",
+    ] {
+        assert!(
+            curls.iter().any(|c| c.contains(what)),
+            "no curl line shows {what}"
+        );
+    }
     let (mut allowed, mut blocked) = (0, 0);
     for line in &curls {
         let (cmd, comment) = line

@@ -102,6 +102,20 @@ pub async fn demo(listen: SocketAddr) -> Result<(), Failure> {
     println!(
         "curl -s {w} -H 'X-Forwarded-For: not-an-ip' {url}   # expect 403: invalid-client-ip (fails closed)"
     );
+    // Clients the offline reputation file knows (src/cli/demo_reputation.yaml).
+    for (client, expect) in [
+        ("198.51.100.66", "403: a threat (block-threats)"),
+        ("198.51.100.71", "403: score 71 (block-score: above 70)"),
+        ("198.51.100.70", "200: score 70 is not above 70"),
+        ("198.51.100.99", "403: a TOR exit (block-tor)"),
+        ("198.51.100.77", "403: a VPN address (block-vpn)"),
+        (
+            "198.51.100.10",
+            "200: a known scanner with score 90 (allow-scanners comes first)",
+        ),
+    ] {
+        println!("curl -s {w} -H 'X-Forwarded-For: {client}' {url}   # expect {expect}");
+    }
     println!("Press Ctrl-C to stop.");
     let served = server::serve(gate, listeners, super::run::shutdown_signal()).await;
     let _ = std::fs::remove_dir_all(&dir);
