@@ -57,12 +57,18 @@ pub fn remove_gateway_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// Forwarding headers a client may send that only trusted proxies may vouch for.
-const FORWARDING: [&str; 4] = [
+/// Forwarding and client-address headers a client may send that only trusted proxies
+/// may vouch for: from anyone else they are removed, so an application behind the
+/// gateway that reads one of them cannot be fooled.
+const FORWARDING: [&str; 8] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
     "forwarded",
+    "x-real-ip",
+    "cf-connecting-ip",
+    "true-client-ip",
+    "x-client-ip",
 ];
 
 /// Sets X-Forwarded-For/-Proto/-Host. From a trusted peer the incoming values are kept
@@ -171,6 +177,10 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-proto", "https"),
             ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "127.0.0.1"),
+            ("cf-connecting-ip", "127.0.0.1"),
+            ("true-client-ip", "127.0.0.1"),
+            ("x-client-ip", "127.0.0.1"),
         ]);
         set_forwarding(
             &mut h,
@@ -182,6 +192,17 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "198.51.100.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert!(!h.contains_key("forwarded"));
+        for smuggled in [
+            "x-real-ip",
+            "cf-connecting-ip",
+            "true-client-ip",
+            "x-client-ip",
+        ] {
+            assert!(
+                !h.contains_key(smuggled),
+                "{smuggled} from an untrusted peer passed on"
+            );
+        }
 
         let mut h = map(&[
             ("x-forwarded-for", "192.0.2.1"),

@@ -158,6 +158,7 @@ impl Proxy {
 
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let conn_slot = req.extensions_mut().remove::<crate::server::ConnSlot>();
 
         let orig_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
@@ -228,6 +229,8 @@ impl Proxy {
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
+                // The tunnel holds its connection's slot until it ends.
+                let _slot = conn_slot;
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((c, u)) => {
                         let mut c = TokioIo::new(c);

@@ -3,10 +3,8 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::Request;
@@ -14,7 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -106,60 +104,11 @@ impl Activity {
     }
 }
 
-/// An IO that records when bytes last moved.
-struct IdleIo<T> {
-    inner: T,
-    activity: Arc<Activity>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
+/// The connection slot (of `max_connections`) a request's connection holds. An
+/// upgraded connection (WebSocket) takes it into its tunnel, so tunnels count against
+/// the limit and are waited for on shutdown.
+#[derive(Clone)]
+pub(crate) struct ConnSlot(#[allow(dead_code)] pub(crate) Arc<tokio::sync::OwnedSemaphorePermit>);
 
 /// Serves the gateway on `listeners` until `shutdown` resolves, then drains in-flight
 /// requests for at most `shutdown_grace`.
@@ -243,9 +192,9 @@ async fn accept_loop(
         let proxy = proxy.clone();
         let stop = stop.clone();
         let tls = tls.clone();
+        let slot = ConnSlot(Arc::new(permit));
         tokio::spawn(async move {
-            serve_connection(stream, peer, gate, proxy, stop, tls).await;
-            drop(permit);
+            serve_connection(stream, peer, gate, proxy, stop, tls, slot).await;
         });
     }
 }
@@ -257,6 +206,7 @@ async fn serve_connection(
     proxy: Proxy,
     stop: watch::Receiver<bool>,
     tls: Option<TlsAcceptor>,
+    slot: ConnSlot,
 ) {
     let _ = stream.set_nodelay(true);
     let cfg = gate.config();
@@ -274,13 +224,15 @@ async fn serve_connection(
         }
     }
     match tls {
-        None => serve_io(stream, peer, peer_ip, gate, proxy, stop).await,
+        None => serve_io(stream, peer, peer_ip, gate, proxy, stop, slot).await,
         Some(acceptor) => {
             let handshake =
                 tokio::time::timeout(cfg.limits.header_read_timeout.0, acceptor.accept(stream))
                     .await;
             match handshake {
-                Ok(Ok(tls_stream)) => serve_io(tls_stream, peer, peer_ip, gate, proxy, stop).await,
+                Ok(Ok(tls_stream)) => {
+                    serve_io(tls_stream, peer, peer_ip, gate, proxy, stop, slot).await
+                }
                 Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
             }
@@ -295,6 +247,7 @@ async fn serve_io<I>(
     gate: Gate,
     proxy: Proxy,
     mut stop: watch::Receiver<bool>,
+    slot: ConnSlot,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -304,18 +257,18 @@ async fn serve_io<I>(
         last_ms: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
     });
-    let io = IdleIo {
-        inner: io,
-        activity: activity.clone(),
-    };
+    // Idle means no request started or finished: bytes alone (an HTTP/2 PING, say)
+    // do not keep a connection open.
 
     let guarded = gate.layer().layer(proxy);
     let act = activity.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ClientIp(peer_ip));
+        req.extensions_mut().insert(slot.clone());
         let svc = guarded.clone();
         let act = act.clone();
         act.in_flight.fetch_add(1, Ordering::Relaxed);
+        act.touch();
         async move {
             let r = svc.oneshot(req).await;
             act.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -236,6 +236,8 @@ async fn websocket_is_tunnelled() {
         assert_eq!(got.into_text().unwrap().as_str(), format!("echo: hi {i}"));
     }
     ws.close(None).await.unwrap();
+    // An open tunnel is waited for on shutdown (up to shutdown_grace): close it first.
+    drop(ws);
     gw.shutdown().await;
 }
 
@@ -599,4 +601,67 @@ async fn bad_tls_files_are_a_clear_error() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
+}
+
+#[tokio::test]
+async fn an_open_websocket_counts_against_max_connections() {
+    let up = upstream::start().await;
+    let gw = TestGateway::start(
+        &format!("{BASE}limits: {{ max_connections: 1 }}\n"),
+        &up.url(),
+    )
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
+        .await
+        .unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.into_text().unwrap().as_str(), "echo: hi");
+    // While the tunnel is open, a second client is not served.
+    let mut b = TcpStream::connect(gw.addr).await.unwrap();
+    b.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let early = tokio::time::timeout(Duration::from_millis(400), b.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "a WebSocket tunnel did not count against max_connections"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let n = tokio::time::timeout(Duration::from_secs(5), b.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_never_sees_client_ip_headers_from_untrusted_peers() {
+    let up = upstream::start().await;
+    let gw = TestGateway::start(BASE, &up.url()).await;
+    client()
+        .get(gw.url("/"))
+        .header("x-real-ip", "127.0.0.9")
+        .header("cf-connecting-ip", "127.0.0.9")
+        .header("true-client-ip", "127.0.0.9")
+        .send()
+        .await
+        .unwrap();
+    let seen = up.seen.last();
+    for h in ["x-real-ip", "cf-connecting-ip", "true-client-ip"] {
+        assert!(
+            !seen.headers.contains_key(h),
+            "{h} from an untrusted client reached the upstream"
+        );
+    }
+    gw.shutdown().await;
 }

@@ -430,6 +430,14 @@ impl ReputationCache {
                 .unwrap_or_else(|p| p.into_inner());
             match flights.get(&key) {
                 Some(f) => (f.clone(), true),
+                // A flight may have finished between the cache check above and this
+                // lock: its answer is in the cache, so no second call.
+                None if let Some(slot) = self.inner.shared.entries.get(&key)
+                    && self.fresh(&slot, now_ms()) =>
+                {
+                    self.inner.results[0].increment(1);
+                    return slot.lookup;
+                }
                 None => {
                     let me = self.clone();
                     let prev = previous.clone();
@@ -559,13 +567,16 @@ impl ReputationCache {
                 if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
                     slot.requests[i].increment(1);
                 }
-                if matches!(e, ProviderError::QuotaExhausted { .. })
+                if matches!(e, ProviderError::QuotaExhausted { retry_after: None })
                     && let Some(q) = &slot.quota
                 {
-                    // The provider says it is spent: spend our count too.
+                    // The provider says today's quota is spent: spend our count too, and
+                    // remember it across a restart. (With Retry-After the provider's own
+                    // cool-down ends earlier, so the count is left as it is.)
                     let today = utc_day(SystemTime::now());
-                    while q.try_reserve(today).is_some() {}
+                    q.exhaust(today);
                     slot.quota_gauge.set(0.0);
+                    self.persist(Write::Quota(name.to_string(), today, q.limit()), None);
                 }
                 tracing::info!(provider = name, outcome, error = %e, "provider look-up failed");
                 error_part(e.to_string())

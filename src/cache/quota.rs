@@ -47,6 +47,14 @@ impl Quota {
             .map(|_| spent_after)
     }
 
+    /// Marks every look-up of `day` as spent.
+    pub fn exhaust(&self, day: u32) {
+        self.state.store(
+            (u64::from(day) << 32) | u64::from(self.limit),
+            Ordering::Release,
+        );
+    }
+
     /// Look-ups left on `day`.
     pub fn remaining(&self, day: u32) -> u32 {
         let s = self.state.load(Ordering::Acquire);
@@ -100,5 +108,7 @@ mod tests {
         assert_eq!(q.remaining(11), 5);
         assert_eq!(q.try_reserve(11), Some(1));
         assert_eq!(q.spent(11), 1);
+        q.exhaust(11);
+        assert_eq!((q.remaining(11), q.try_reserve(11)), (0, None));
     }
 }

@@ -162,8 +162,18 @@ impl Store {
                     }
                     Write::Barrier => {}
                     Write::Quota(p, day, spent) => {
+                        // Reservations may be written out of order: a count only grows
+                        // within a day.
+                        let stored = quotas
+                            .get(p.as_str())
+                            .map_err(|e| self.io(e))?
+                            .map(|v| v.value());
+                        let spent = match stored {
+                            Some((d, s)) if d == *day => s.max(*spent),
+                            _ => *spent,
+                        };
                         quotas
-                            .insert(p.as_str(), (*day, *spent))
+                            .insert(p.as_str(), (*day, spent))
                             .map_err(|e| self.io(e))?;
                     }
                 }
@@ -224,6 +234,11 @@ mod tests {
         let s = Store::open(&p).unwrap();
         assert_eq!(s.load_entries().unwrap(), vec![(k, b"x".to_vec())]);
         assert_eq!(s.load_quotas().unwrap()["iocscout"], (7, 3));
+        // Out-of-order reservations never lower the count of a day; a new day resets it.
+        s.write(&[Write::Quota("iocscout".into(), 7, 2)]).unwrap();
+        assert_eq!(s.load_quotas().unwrap()["iocscout"], (7, 3));
+        s.write(&[Write::Quota("iocscout".into(), 8, 1)]).unwrap();
+        assert_eq!(s.load_quotas().unwrap()["iocscout"], (8, 1));
         s.write(&[Write::Remove(k)]).unwrap();
         assert!(s.load_entries().unwrap().is_empty());
     }
