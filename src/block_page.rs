@@ -48,12 +48,19 @@ impl BlockPage {
 
     /// Renders the response for `decision`; JSON when `accept` prefers it.
     pub fn render(&self, decision: &Decision, accept: Option<&HeaderValue>) -> BlockBody {
+        // A client is told why in general terms; provider errors stay in logs and the
+        // admin API.
+        let reason: &str = if &*decision.rule == "lookup-error" {
+            "reputation unavailable"
+        } else {
+            &decision.reason
+        };
         if prefers_json(accept) {
             let body = serde_json::json!({
                 "error": "blocked",
                 "ip": decision.client_ip.to_string(),
                 "rule": &*decision.rule,
-                "reason": &*decision.reason,
+                "reason": reason,
             });
             return BlockBody {
                 status: self.status,
@@ -65,7 +72,7 @@ impl BlockPage {
             .template
             .replace("{ip}", &escape(&decision.client_ip.to_string()))
             .replace("{rule}", &escape(&decision.rule))
-            .replace("{reason}", &escape(&decision.reason));
+            .replace("{reason}", &escape(reason));
         BlockBody {
             status: self.status,
             content_type: HeaderValue::from_static("text/html; charset=utf-8"),
@@ -128,6 +135,31 @@ mod tests {
         assert!(!prefers_json(Some(&h("*/*"))));
         assert!(!prefers_json(None));
         assert!(!prefers_json(Some(&h("application/json;q=0"))));
+    }
+
+    #[test]
+    fn provider_errors_are_not_shown_to_clients() {
+        let page = BlockPage::from_config(&crate::config::BlockResponse::default()).unwrap();
+        let d = Decision {
+            client_ip: "198.51.100.1".parse().unwrap(),
+            action: crate::config::Action::Block,
+            verdict: crate::config::Action::Block,
+            rule: "lookup-error".into(),
+            reason: "rule `x` needs reputation and none is available (iocscout: HTTP 500)".into(),
+            reputation: None,
+        };
+        for accept in [None, Some(HeaderValue::from_static("application/json"))] {
+            let body = page.render(&d, accept.as_ref()).body;
+            let text = String::from_utf8_lossy(&body);
+            assert!(
+                !text.contains("iocscout") && !text.contains("500"),
+                "{text}"
+            );
+        }
+        let json = page
+            .render(&d, Some(&HeaderValue::from_static("application/json")))
+            .body;
+        assert!(String::from_utf8_lossy(&json).contains("reputation unavailable"));
     }
 
     #[test]

@@ -71,7 +71,16 @@ fn class_bit(c: ThreatClass) -> u8 {
 }
 
 impl Cond {
-    fn compile(c: &config::Condition, list_index: &dyn Fn(&str) -> Option<usize>) -> Cond {
+    fn compile(
+        c: &config::Condition,
+        list_index: &dyn Fn(&str) -> Option<usize>,
+        inherited_provider: Option<&'static str>,
+    ) -> Cond {
+        let provider = c
+            .provider
+            .as_deref()
+            .and_then(|p| config::PROVIDER_NAMES.iter().copied().find(|n| *n == p))
+            .or(inherited_provider);
         Cond {
             status: c.status.iter().fold(0, |m, s| m | status_bit(*s)),
             score_above: c.score_above,
@@ -91,15 +100,18 @@ impl Cond {
                 .iter()
                 .map(|n| list_index(n).unwrap_or(usize::MAX))
                 .collect(),
-            provider: c
-                .provider
-                .as_deref()
-                .and_then(|p| config::PROVIDER_NAMES.iter().copied().find(|n| *n == p)),
+            provider,
+            // `provider` restricts every other condition of the `when`, `not` included.
             not: c
                 .not
                 .as_ref()
-                .map(|n| Box::new(Cond::compile(n, list_index))),
+                .map(|n| Box::new(Cond::compile(n, list_index, provider))),
         }
+    }
+
+    /// The provider this condition reads, when it names one.
+    fn named_provider(&self) -> Option<&'static str> {
+        self.provider
     }
 
     fn needs_reputation(&self) -> bool {
@@ -271,7 +283,7 @@ impl Policy {
             .rules
             .iter()
             .map(|r| {
-                let cond = Cond::compile(&r.value.when, list_index);
+                let cond = Cond::compile(&r.value.when, list_index, None);
                 CompiledRule {
                     name: Arc::from(r.value.name.0.as_str()),
                     needs_reputation: cond.needs_reputation(),
@@ -329,7 +341,15 @@ impl Policy {
                         }
                         return Err(index);
                     }
-                    Some(l) if l.failed() => {
+                    // Nobody answered; or the rule reads one named provider and that
+                    // provider could not answer: on_error decides, not a guess.
+                    Some(l)
+                        if l.failed()
+                            || rule.cond.named_provider().is_some_and(|p| {
+                                !l.answers.iter().any(|r| r.provider == p)
+                                    && l.errors.iter().any(|(e, _)| e == p)
+                            }) =>
+                    {
                         if let Some(t) = trace.as_deref_mut() {
                             t.push(TraceStep {
                                 rule: rule.name.to_string(),

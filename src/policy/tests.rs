@@ -240,3 +240,41 @@ fn trace_records_each_step() {
         ]
     );
 }
+
+#[test]
+fn a_rule_naming_a_failed_provider_goes_to_on_error() {
+    let p = policy();
+    // IPSwamp failed, IOCScout answered: the IPSwamp-only rule cannot be decided.
+    let l = Lookup {
+        answers: vec![Reputation::unknown("iocscout")],
+        errors: vec![("ipswamp".into(), "timeout".into())],
+        ..Lookup::default()
+    };
+    assert_eq!(
+        decide(&p, "203.0.113.5", &l),
+        ("lookup-error".into(), Action::Allow)
+    );
+}
+
+#[test]
+fn not_inherits_the_provider() {
+    let cfg = crate::Config::from_yaml(
+        "rules:\n  - { name: ioc-not-safe, when: { provider: iocscout, not: { status: safe } }, action: block }\n",
+        "t",
+    )
+    .unwrap();
+    let p = Policy::compile(&cfg, &|_| None);
+    // IPSwamp says safe, IOCScout says threat: IOCScout's answer is not safe, so block.
+    let mut ioc = Reputation::unknown("iocscout");
+    ioc.status = Status::Threat;
+    let mut sw = Reputation::unknown("ipswamp");
+    sw.status = Status::Safe;
+    let l = Lookup {
+        answers: vec![ioc, sw],
+        ..Lookup::default()
+    };
+    assert_eq!(
+        decide(&p, "203.0.113.5", &l),
+        ("ioc-not-safe".into(), Action::Block)
+    );
+}

@@ -358,6 +358,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// The human message of an error body: `message`, else `error` (when a string), else the
 /// start of the text. Control characters are replaced; at most 200 characters.
 pub(crate) fn error_message(body: &[u8]) -> String {
+    error_message_redacted(body, |s| s.to_string())
+}
+
+/// [`error_message`] with `redact` applied to the whole text before it is cut, so a
+/// secret that crosses the cut cannot leave a prefix behind.
+pub(crate) fn error_message_redacted(body: &[u8], redact: impl Fn(&str) -> String) -> String {
     let from_json = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| {
@@ -365,7 +371,7 @@ pub(crate) fn error_message(body: &[u8]) -> String {
                 .iter()
                 .find_map(|k| v.get(*k).and_then(|m| m.as_str()).map(str::to_string))
         });
-    let text = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let text = redact(&from_json.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()));
     let mut out: String = text
         .trim()
         .chars()
@@ -389,7 +395,7 @@ impl Refusal<'_> {
     /// Maps a non-200 status; disables or cools the provider down as SPEC §2.3 says.
     /// `quota_message` is true when the body says the quota is spent (IPSwamp's 403).
     pub(crate) fn classify(&self, ans: &RawAnswer, quota_message: bool) -> ProviderError {
-        let msg = self.secret.redact(&error_message(&ans.body));
+        let msg = error_message_redacted(&ans.body, |s| self.secret.redact(s));
         let status = ans.status;
         let err = match status {
             400 => ProviderError::BadRequest(msg),
@@ -526,6 +532,12 @@ mod tests {
         assert_eq!(error_message(b"line1\nline2"), "line1 line2");
         assert_eq!(error_message(b""), "(empty body)");
         assert_eq!(error_message(&[b'x'; 1000]).len(), 200);
+        // A key that crosses the 200-character cut leaves no prefix behind.
+        let body = format!("{}KEY-sekrit-1234567890 trailing", "x".repeat(190));
+        let msg = error_message_redacted(body.as_bytes(), |s| {
+            s.replace("KEY-sekrit-1234567890", "***")
+        });
+        assert!(!msg.contains("KEY-se"), "{msg}");
     }
 
     #[test]
