@@ -519,3 +519,26 @@ async fn rss_after_two_million_distinct_ips_with_max_entries_100k() {
     );
     assert!(cache.len() <= 100_000);
 }
+
+#[tokio::test]
+async fn a_reload_that_resizes_the_cache_keeps_the_store_and_the_entries() {
+    let emu = Emulator::start(KEYS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "{}cache: {{ path: '{}', max_entries: 1000 }}\n",
+        providers(&emu, 100),
+        dir.path().join("c.redb").display()
+    );
+    let g = gate(&base).await;
+    g.decide(ip("198.51.100.50")).await;
+    g.close().await;
+    let resized = base.replace("max_entries: 1000", "max_entries: 2000");
+    g.reload(Config::from_yaml(&resized, "t").unwrap())
+        .await
+        .unwrap();
+    g.decide(ip("198.51.100.50")).await;
+    assert_eq!(emu.calls(Api::Iocscout), 1, "the entry was lost on reload");
+    g.decide(ip("198.51.100.51")).await;
+    g.close().await;
+    assert_eq!(g.reputation_cache().unwrap().len(), 2);
+}

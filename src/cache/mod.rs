@@ -215,9 +215,14 @@ impl ReputationCache {
         let (shared, store) = match reuse {
             Some(s) => (s.clone(), None),
             None => {
-                let store = match &path {
-                    Some(p) => Some(Store::open(std::path::Path::new(p))?),
-                    None => None,
+                // The same file as before: keep its writer (the file stays open and
+                // locked by this process; opening it again would fail).
+                let same_file = previous
+                    .map(|p| &p.inner.shared)
+                    .filter(|s| s.path.is_some() && s.path == path);
+                let store = match (&path, same_file) {
+                    (Some(p), None) => Some(Store::open(std::path::Path::new(p))?),
+                    _ => None,
                 };
                 let mut quotas: HashMap<&'static str, Arc<Quota>> = HashMap::new();
                 if let Some(prev) = previous {
@@ -242,10 +247,21 @@ impl ReputationCache {
                 let capacity = usize::try_from(cfg.max_entries)
                     .unwrap_or(usize::MAX)
                     .max(1);
+                let entries = quick_cache::sync::Cache::new(capacity);
+                if let Some(old) = same_file.filter(|s| s.ipv6_prefix == cfg.ipv6_prefix) {
+                    // Only the size changed: carry the entries over (as many as fit).
+                    for (k, v) in old.entries.iter().take(capacity) {
+                        entries.insert(k, v);
+                    }
+                }
+                let writer = match same_file {
+                    Some(s) => s.writer.clone(),
+                    None => store.as_ref().map(|s| spawn_writer(s.clone())),
+                };
                 let shared = Arc::new(Kept {
-                    entries: quick_cache::sync::Cache::new(capacity),
+                    entries,
                     flights: Mutex::new(HashMap::new()),
-                    writer: store.as_ref().map(|s| spawn_writer(s.clone())),
+                    writer,
                     path: path.clone(),
                     max_entries: cfg.max_entries,
                     ipv6_prefix: cfg.ipv6_prefix,
@@ -294,6 +310,7 @@ impl ReputationCache {
         };
         if let Some(s) = &store {
             cache.load(s)?;
+            spawn_purger(Arc::downgrade(&cache.inner.shared));
         }
         Ok(cache)
     }
@@ -301,17 +318,29 @@ impl ReputationCache {
     fn load(&self, store: &Store) -> Result<(), CacheError> {
         let now = now_ms();
         let mut loaded = 0usize;
+        let mut stale = Vec::new();
         for (key, bytes) in store.load_entries()? {
-            match serde_json::from_slice::<Vec<Part>>(&bytes) {
-                Ok(parts) if parts.iter().any(|p| p.expires_ms > now) => {
+            let Some(json) = store::entry_json(&bytes, now) else {
+                stale.push(Write::Remove(key));
+                continue;
+            };
+            match serde_json::from_slice::<Vec<Part>>(json) {
+                Ok(parts) => {
                     self.inner.shared.entries.insert(key, Slot::new(&parts));
                     loaded += 1;
                 }
-                Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(key = %key, error = %e, "dropping an unreadable cache entry")
+                    tracing::warn!(key = %key, error = %e, "dropping an unreadable cache entry");
+                    stale.push(Write::Remove(key));
                 }
             }
+        }
+        if !stale.is_empty() {
+            tracing::info!(
+                removed = stale.len(),
+                "expired cache entries removed from disk"
+            );
+            store.write(&stale)?;
         }
         tracing::info!(entries = loaded, "reputation cache loaded from disk");
         self.inner
@@ -465,9 +494,14 @@ impl ReputationCache {
         } else {
             r[1].increment(1);
         }
-        if self.inner.background && previous.is_none() {
-            // Decide with on_miss now; the flight fills the cache for next time.
+        if self.inner.background {
+            // Decide now; the flight fills the cache for next time. A stale answer is
+            // better than none (a known threat stays blocked while it is refreshed);
+            // without one, on_miss decides.
             drop(flight);
+            if let Some(prev) = previous.filter(|p| !p.lookup.answers.is_empty()) {
+                return prev.lookup;
+            }
             return Arc::new(Lookup {
                 pending: true,
                 ..Lookup::default()
@@ -494,8 +528,9 @@ impl ReputationCache {
             }
         });
         let parts: Vec<Part> = futures_util::future::join_all(asks).await;
-        if let Ok(bytes) = serde_json::to_vec(&parts) {
-            self.persist(Write::Entry(key, bytes), None);
+        if let Ok(json) = serde_json::to_vec(&parts) {
+            let expires = parts.iter().map(|p| p.expires_ms).max().unwrap_or(0);
+            self.persist(Write::Entry(key, store::entry_bytes(expires, &json)), None);
         }
         let entry = Slot::new(&parts);
         inner.shared.entries.insert(key, entry.clone());
@@ -597,6 +632,24 @@ impl ReputationCache {
             })
             .collect()
     }
+}
+
+/// Removes expired rows from the store every hour, for as long as the cache lives.
+fn spawn_purger(kept: std::sync::Weak<Kept>) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(kept) = kept.upgrade() else { return };
+            if let Some(w) = &kept.writer {
+                let _ = w.send((Write::PurgeExpired(now_ms()), None));
+            }
+        }
+    });
 }
 
 /// The store writer: batches writes into one transaction each, on a blocking thread.

@@ -161,6 +161,10 @@ impl Store {
                         reps.retain(|_, _| false).map_err(|e| self.io(e))?;
                     }
                     Write::Barrier => {}
+                    Write::PurgeExpired(now) => {
+                        reps.retain(|_, v| entry_json(v, *now).is_some())
+                            .map_err(|e| self.io(e))?;
+                    }
                     Write::Quota(p, day, spent) => {
                         // Reservations may be written out of order: a count only grows
                         // within a day.
@@ -202,6 +206,23 @@ fn check_format(db: &impl ReadableDatabase, path: &Path) -> Result<(), StoreErro
     }
 }
 
+/// A stored entry: its latest expiry (unix ms, big-endian) then its JSON, so expired
+/// rows can be dropped without decoding them.
+pub fn entry_bytes(expires_ms: u64, json: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + json.len());
+    v.extend_from_slice(&expires_ms.to_be_bytes());
+    v.extend_from_slice(json);
+    v
+}
+
+/// The JSON of a stored entry that is still fresh at `now_ms` (None when expired or
+/// malformed).
+pub fn entry_json(bytes: &[u8], now_ms: u64) -> Option<&[u8]> {
+    let (head, json) = bytes.split_at_checked(8)?;
+    let expires = u64::from_be_bytes(head.try_into().ok()?);
+    (expires > now_ms).then_some(json)
+}
+
 /// One change to the store.
 #[derive(Debug, Clone)]
 pub enum Write {
@@ -211,6 +232,8 @@ pub enum Write {
     Quota(String, u32, u32),
     /// Nothing: acknowledged once every earlier write is committed.
     Barrier,
+    /// Removes every entry that expired before this unix ms.
+    PurgeExpired(u64),
 }
 
 #[cfg(test)]
@@ -241,6 +264,26 @@ mod tests {
         assert_eq!(s.load_quotas().unwrap()["iocscout"], (8, 1));
         s.write(&[Write::Remove(k)]).unwrap();
         assert!(s.load_entries().unwrap().is_empty());
+        // Expired rows are purged without decoding them.
+        let (k1, k2) = (IpKey::V4(1), IpKey::V4(2));
+        s.write(&[
+            Write::Entry(k1, entry_bytes(100, b"[]")),
+            Write::Entry(k2, entry_bytes(300, b"[]")),
+        ])
+        .unwrap();
+        s.write(&[Write::PurgeExpired(200)]).unwrap();
+        let left: Vec<_> = s
+            .load_entries()
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left, vec![k2]);
+        assert_eq!(
+            entry_json(&entry_bytes(300, b"[1]"), 200),
+            Some(&b"[1]"[..])
+        );
+        assert_eq!(entry_json(b"short", 0), None);
     }
 
     #[test]
