@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use common::emulator::*;
 use ipgate::config::{
-    Dur, FileProviderConfig, IocscoutConfig, IpswampAuth, IpswampConfig, Providers, Text, Url,
+    Dur, FileProviderConfig, IocscoutConfig, IpswampAuth, IpswampConfig, Providers, SecretText,
+    Text, Url,
 };
 use ipgate::providers::{
     Availability, Iocscout, Ipswamp, Provider, ProviderBuildError, ProviderError, build,
@@ -83,7 +84,7 @@ fn ip(s: &str) -> IpAddr {
 
 fn ioc_cfg(emu: &Emulator, real_time: bool, timeout: Duration) -> IocscoutConfig {
     IocscoutConfig {
-        api_key: Text(KEY.into()),
+        api_key: SecretText(KEY.into()),
         base_url: Url(emu.iocscout_url()),
         real_time,
         daily_quota: 5,
@@ -98,7 +99,7 @@ fn swamp_cfg(
     timeout: Duration,
 ) -> IpswampConfig {
     IpswampConfig {
-        api_key: Text(KEY.into()),
+        api_key: SecretText(KEY.into()),
         base_url: Url(emu.ipswamp_url()),
         auth,
         detailed,
@@ -418,7 +419,7 @@ async fn connection_refused_is_transport() {
         l.local_addr().unwrap().port()
     };
     let cfg = IocscoutConfig {
-        api_key: Text(KEY.into()),
+        api_key: SecretText(KEY.into()),
         base_url: Url(format!("http://127.0.0.1:{port}/v1")),
         real_time: false,
         daily_quota: 5,
@@ -667,7 +668,7 @@ async fn keys_with_odd_characters_are_redacted_in_every_form() {
     let emu = Emulator::start(KEYS).await;
     emu.set_fault(Api::Iocscout, Scope::All, Fault::EchoKey(401));
     let mut cfg = ioc_cfg(&emu, false, T);
-    cfg.api_key = Text(odd.into());
+    cfg.api_key = SecretText(odd.into());
     let p = Iocscout::new(&cfg, http_client().unwrap()).unwrap();
     let e = p.lookup(ip("198.51.100.1")).await.unwrap_err();
     assert_eq!(
@@ -696,11 +697,11 @@ fn build_skips_providers_without_a_key_with_one_warning() {
     std::fs::write(&file, "203.0.113.0/24: { status: threat, score: 90 }\n").unwrap();
     let cfg = Providers {
         iocscout: Some(IocscoutConfig {
-            api_key: Text(String::new()),
+            api_key: SecretText(String::new()),
             ..IocscoutConfig::default()
         }),
         ipswamp: Some(IpswampConfig {
-            api_key: Text("  ".into()),
+            api_key: SecretText("  ".into()),
             ..IpswampConfig::default()
         }),
         file: Some(FileProviderConfig {
@@ -722,11 +723,11 @@ fn build_skips_providers_without_a_key_with_one_warning() {
 
     let cfg = Providers {
         iocscout: Some(IocscoutConfig {
-            api_key: Text(KEY.into()),
+            api_key: SecretText(KEY.into()),
             ..IocscoutConfig::default()
         }),
         ipswamp: Some(IpswampConfig {
-            api_key: Text(KEY.into()),
+            api_key: SecretText(KEY.into()),
             ..IpswampConfig::default()
         }),
         file: None,

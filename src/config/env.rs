@@ -11,6 +11,9 @@ pub enum EnvError {
     /// `${` without its closing `}`.
     #[error("unterminated `${{` in `{0}`")]
     Unterminated(String),
+    /// `${A:-${B}}`: a default may not refer to another variable.
+    #[error("a default may not contain another ${{...}} in `{0}`")]
+    Nested(String),
     /// `${}` or a name with characters other than letters, digits and `_`.
     #[error("bad variable name `{0}` (letters, digits and _ only)")]
     BadName(String),
@@ -42,6 +45,9 @@ pub fn expand_with(
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
+            if default.is_some_and(|d| d.contains("${")) {
+                return Err(EnvError::Nested(input.to_string()));
+            }
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(EnvError::BadName(name.to_string()));
             }
@@ -102,6 +108,10 @@ mod tests {
             Err(EnvError::Unterminated(_))
         ));
         assert!(matches!(expand_with("${}", env), Err(EnvError::BadName(_))));
+        assert!(matches!(
+            expand_with("${NOPE:-${HOME_DIR}}", env),
+            Err(EnvError::Nested(_))
+        ));
         assert!(matches!(
             expand_with("${A B}", env),
             Err(EnvError::BadName(_))

@@ -17,7 +17,7 @@ use serde_saphyr::Spanned;
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, ConfigIssue};
 pub use scalar::{
-    Addr, Cidr, Dur, Pos, Reference, Text, Url, normalize_net, parse_cidr, parse_url,
+    Addr, Cidr, Dur, Pos, Reference, SecretText, Text, Url, normalize_net, parse_cidr, parse_url,
 };
 
 use crate::reputation::{Status, ThreatClass};
@@ -167,7 +167,7 @@ pub struct Providers {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IocscoutConfig {
-    pub api_key: Text,
+    pub api_key: SecretText,
     pub base_url: Url,
     /// Sends realTimeData=1.
     pub real_time: bool,
@@ -179,7 +179,7 @@ pub struct IocscoutConfig {
 impl Default for IocscoutConfig {
     fn default() -> Self {
         IocscoutConfig {
-            api_key: Text(String::new()),
+            api_key: SecretText(String::new()),
             base_url: Url("https://api.iocscout.com/v1".into()),
             real_time: false,
             daily_quota: 5,
@@ -192,7 +192,7 @@ impl Default for IocscoutConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IpswampConfig {
-    pub api_key: Text,
+    pub api_key: SecretText,
     pub base_url: Url,
     pub auth: IpswampAuth,
     /// Sends detailed=true.
@@ -204,7 +204,7 @@ pub struct IpswampConfig {
 impl Default for IpswampConfig {
     fn default() -> Self {
         IpswampConfig {
-            api_key: Text(String::new()),
+            api_key: SecretText(String::new()),
             base_url: Url("https://ipswamp.com/api/v1".into()),
             auth: IpswampAuth::Bearer,
             detailed: true,
@@ -436,7 +436,7 @@ impl Default for BlockResponse {
 pub struct AdminConfig {
     pub listen: Addr,
     /// When non-empty, admin calls need `Authorization: Bearer TOKEN`.
-    pub token: Option<Text>,
+    pub token: Option<SecretText>,
 }
 
 impl Default for AdminConfig {
@@ -574,11 +574,11 @@ impl Config {
                 &mut |k, m| issues.push(at(k, m)),
             );
         }
-        if !(100..=599).contains(&self.block_response.status) {
+        if !(200..=599).contains(&self.block_response.status) {
             issues.push(ConfigIssue::keyed(
                 "block_response.status",
                 format!(
-                    "{} is not an HTTP status (100-599)",
+                    "{} cannot answer a request (use a final status, 200-599)",
                     self.block_response.status
                 ),
             ));
@@ -606,6 +606,22 @@ impl Config {
                 "listen",
                 "at least one address is needed",
             ));
+        }
+        for (key, d) in [
+            (
+                "limits.header_read_timeout",
+                self.limits.header_read_timeout.0,
+            ),
+            ("limits.idle_timeout", self.limits.idle_timeout.0),
+            ("limits.upstream_timeout", self.limits.upstream_timeout.0),
+            ("cache.error_ttl", self.cache.error_ttl.0),
+        ] {
+            if d < Duration::from_millis(100) {
+                issues.push(ConfigIssue::keyed(
+                    key,
+                    "must be at least 100ms (0 would cut every connection or retry every failure at once)",
+                ));
+            }
         }
         if self.lookup.timeout.0.is_zero() {
             issues.push(ConfigIssue::keyed("lookup.timeout", "must be more than 0"));

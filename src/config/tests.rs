@@ -117,3 +117,33 @@ fn the_spec_example_parses() {
     let c = Config::from_yaml(yaml, "policy.example.yaml").unwrap();
     assert!(!c.rules.is_empty());
 }
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let c = Config::from_yaml(
+        "providers:\n  iocscout: { api_key: KEY-in-debug-123 }\n  ipswamp: { api_key: KEY-in-debug-456 }\nadmin: { token: TOKEN-in-debug-789 }\n",
+        "t",
+    )
+    .unwrap();
+    let dbg = format!("{c:?}");
+    for secret in ["KEY-in-debug-123", "KEY-in-debug-456", "TOKEN-in-debug-789"] {
+        assert!(!dbg.contains(secret), "{secret} in {dbg}");
+    }
+    assert_eq!(c.providers.iocscout.unwrap().api_key.0, "KEY-in-debug-123");
+}
+
+#[test]
+fn values_that_would_misbehave_are_refused() {
+    for (yaml, key) in [
+        ("block_response: { status: 101 }\n", "block_response.status"),
+        ("limits: { idle_timeout: 0s }\n", "limits.idle_timeout"),
+        (
+            "limits: { header_read_timeout: 0ms }\n",
+            "limits.header_read_timeout",
+        ),
+        ("cache: { error_ttl: 0s }\n", "cache.error_ttl"),
+    ] {
+        let i = issues(yaml);
+        assert!(i.iter().any(|x| x.key == key), "{yaml}: {i:?}");
+    }
+}
