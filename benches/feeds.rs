@@ -102,6 +102,7 @@ fn bench_lookup_and_load(c: &mut Criterion) {
         .unwrap();
     let cfg = FeedConfig {
         name: Text("big".to_string()),
+        pos: Default::default(),
         source: Text(path.display().to_string()),
         format: FeedFormat::Plain,
         refresh: Dur(Duration::from_secs(3600)),

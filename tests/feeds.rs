@@ -148,6 +148,7 @@ async fn serve(State(state): State<Arc<Mutex<Served>>>, headers: HeaderMap) -> R
 fn feed(name: &str, source: &str, format: FeedFormat, tag: Option<FeedTag>) -> FeedConfig {
     FeedConfig {
         name: Text(name.to_string()),
+        pos: Default::default(),
         source: Text(source.to_string()),
         format,
         refresh: Dur(Duration::from_secs(3600)),

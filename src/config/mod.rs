@@ -321,6 +321,7 @@ impl TtlByStatus {
 pub struct Lists {
     pub allow: Vec<Cidr>,
     pub block: Vec<Cidr>,
+    #[serde(deserialize_with = "located_feeds")]
     pub feeds: Vec<FeedConfig>,
 }
 
@@ -336,6 +337,25 @@ pub struct FeedConfig {
     pub refresh: Dur,
     #[serde(default)]
     pub tag: Option<FeedTag>,
+    /// Where the feed stands in the file (for errors).
+    #[serde(skip)]
+    pub pos: Pos,
+}
+
+/// Reads `lists.feeds`, keeping where each feed stands.
+fn located_feeds<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<FeedConfig>, D::Error> {
+    let feeds: Vec<Spanned<FeedConfig>> = Vec::deserialize(d)?;
+    Ok(feeds
+        .into_iter()
+        .map(|s| {
+            let mut f = s.value;
+            f.pos = Pos {
+                line: s.referenced.line(),
+                column: s.referenced.column(),
+            };
+            f
+        })
+        .collect())
 }
 
 fn default_refresh() -> Dur {
@@ -537,9 +557,18 @@ impl Config {
         for (i, feed) in self.lists.feeds.iter().enumerate() {
             let key = format!("lists.feeds[{i}].name");
             if feed.name.0.is_empty() {
-                issues.push(ConfigIssue::keyed(key, "a feed needs a non-empty name"));
+                issues.push(ConfigIssue::at_key(
+                    text,
+                    feed.pos.line,
+                    feed.pos.column,
+                    key,
+                    "a feed needs a non-empty name".into(),
+                ));
             } else if !feed_names.insert(feed.name.0.as_str()) {
-                issues.push(ConfigIssue::keyed(
+                issues.push(ConfigIssue::at_key(
+                    text,
+                    feed.pos.line,
+                    feed.pos.column,
                     key,
                     format!("feed `{}` is defined twice", feed.name),
                 ));

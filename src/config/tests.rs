@@ -147,3 +147,12 @@ fn values_that_would_misbehave_are_refused() {
         assert!(i.iter().any(|x| x.key == key), "{yaml}: {i:?}");
     }
 }
+
+#[test]
+fn a_duplicate_feed_is_reported_where_it_stands() {
+    let i = issues(
+        "lists:\n  feeds:\n    - { name: tor, source: /a }\n    - { name: vpn, source: /b }\n    - { name: tor, source: /c }\n",
+    );
+    assert_eq!(i.len(), 1, "{i:?}");
+    assert_eq!((i[0].line, i[0].key.as_str()), (5, "lists.feeds[2].name"));
+}

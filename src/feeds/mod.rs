@@ -730,6 +730,7 @@ mod tests {
     fn cfg(name: &str, source: &str, tag: Option<FeedTag>) -> FeedConfig {
         FeedConfig {
             name: Text(name.to_string()),
+            pos: Default::default(),
             source: Text(source.to_string()),
             format: FeedFormat::Plain,
             refresh: Dur(Duration::from_secs(3600)),
