@@ -228,6 +228,7 @@ impl Proxy {
                 return text_response(StatusCode::BAD_GATEWAY, "bad upgrade from upstream\n");
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let idle = cfg.limits.idle_timeout.0;
             tokio::spawn(async move {
                 // The tunnel holds its connection's slot until it ends.
                 let _slot = conn_slot;
@@ -235,8 +236,10 @@ impl Proxy {
                     Ok((c, u)) => {
                         let mut c = TokioIo::new(c);
                         let mut u = TokioIo::new(u);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                            tracing::debug!(error = %e, "upgraded connection ended");
+                        match tunnel(&mut c, &mut u, idle).await {
+                            Ok(Tunnel::Closed) => {}
+                            Ok(Tunnel::Idle) => tracing::debug!(idle = ?idle, "idle tunnel closed"),
+                            Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
@@ -270,5 +273,96 @@ fn enrich(h: &mut http::HeaderMap, d: &Decision) {
         && let Ok(v) = HeaderValue::from_str(c)
     {
         h.insert("x-ipgate-country", v);
+    }
+}
+
+/// How a tunnel ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Tunnel {
+    /// Both sides closed.
+    Closed,
+    /// No byte moved either way for the idle timeout.
+    Idle,
+}
+
+/// Copies bytes both ways until both sides have closed, or until nothing has moved in
+/// either direction for `idle` (as nginx's `proxy_read_timeout` does for WebSockets).
+async fn tunnel<A, B>(a: &mut A, b: &mut B, idle: std::time::Duration) -> std::io::Result<Tunnel>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let (mut buf_a, mut buf_b) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let (mut a_open, mut b_open) = (true, true);
+    while a_open || b_open {
+        let step = tokio::time::timeout(idle, async {
+            tokio::select! {
+                n = ar.read(&mut buf_a), if a_open => (true, n),
+                n = br.read(&mut buf_b), if b_open => (false, n),
+            }
+        })
+        .await;
+        let Ok((from_a, n)) = step else {
+            return Ok(Tunnel::Idle);
+        };
+        match (from_a, n?) {
+            (true, 0) => {
+                a_open = false;
+                bw.shutdown().await?;
+            }
+            (false, 0) => {
+                b_open = false;
+                aw.shutdown().await?;
+            }
+            (true, n) => bw.write_all(&buf_a[..n]).await?,
+            (false, n) => aw.write_all(&buf_b[..n]).await?,
+        }
+    }
+    Ok(Tunnel::Closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn tunnel_copies_both_ways_and_ends_when_both_close() {
+        let (mut client, mut gw_client) = tokio::io::duplex(64);
+        let (mut gw_upstream, mut upstream) = tokio::io::duplex(64);
+        let t = tokio::spawn(async move {
+            tunnel(
+                &mut gw_client,
+                &mut gw_upstream,
+                std::time::Duration::from_secs(5),
+            )
+            .await
+        });
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        upstream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        upstream.write_all(b"pong").await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        drop(client);
+        drop(upstream);
+        assert_eq!(t.await.unwrap().unwrap(), Tunnel::Closed);
+    }
+
+    #[tokio::test]
+    async fn an_idle_tunnel_is_closed() {
+        let (_client, mut gw_client) = tokio::io::duplex(64);
+        let (mut gw_upstream, _upstream) = tokio::io::duplex(64);
+        let r = tunnel(
+            &mut gw_client,
+            &mut gw_upstream,
+            std::time::Duration::from_millis(100),
+        )
+        .await;
+        assert_eq!(r.unwrap(), Tunnel::Idle);
     }
 }
