@@ -314,14 +314,24 @@ impl Gate {
 
     /// Resolves the client IP of a request from its peer and headers, then decides.
     pub async fn decide_request(&self, peer: IpAddr, headers: &http::HeaderMap) -> Decision {
-        let live = self.live();
-        match live.resolver.resolve(peer, headers) {
-            Ok(ip) => self.decide_with(&live, ip).await,
-            Err(e) => {
-                tracing::info!(peer = %peer, error = %e, "request refused: invalid client IP");
-                refuse_invalid(&live, peer.to_canonical(), Arc::from(e.to_string()))
+        let started = sample_timing().then(Instant::now);
+        let (ip, from) = {
+            // Borrowed, not reference-counted: no shared counter is touched per request.
+            let live = self.inner.live.load();
+            let ip = match live.resolver.resolve(peer, headers) {
+                Ok(ip) => ip.to_canonical(),
+                Err(e) => {
+                    tracing::info!(peer = %peer, error = %e, "request refused: invalid client IP");
+                    return refuse_invalid(&live, peer.to_canonical(), Arc::from(e.to_string()));
+                }
+            };
+            match self.decide_now(&live, ip, started) {
+                Ok(d) => return d,
+                Err(from) => (ip, from),
             }
-        }
+        };
+        self.decide_after_lookup(&self.live(), ip, from, started)
+            .await
     }
 
     /// The decision for a request whose peer address is unknown: refused (fail closed).
@@ -338,64 +348,121 @@ impl Gate {
 
     /// Decides for a client IP.
     pub async fn decide(&self, ip: IpAddr) -> Decision {
-        let live = self.live();
-        self.decide_with(&live, ip).await
+        let started = sample_timing().then(Instant::now);
+        let ip = ip.to_canonical();
+        let from = {
+            let live = self.inner.live.load();
+            match self.decide_now(&live, ip, started) {
+                Ok(d) => return d,
+                Err(from) => from,
+            }
+        };
+        self.decide_after_lookup(&self.live(), ip, from, started)
+            .await
     }
 
     async fn decide_with(&self, live: &Live, ip: IpAddr) -> Decision {
-        // Reading the clock costs as much as a list decision: time one decision in
-        // TIMING_SAMPLE for `ipgate_decision_seconds`.
         let started = sample_timing().then(Instant::now);
         let ip = ip.to_canonical();
-        let mut reputation = None;
-        let (verdict, rule, reason, index) = if let Some(ban) = self.inner.bans.find(ip) {
+        match self.decide_now(live, ip, started) {
+            Ok(d) => d,
+            Err(from) => self.decide_after_lookup(live, ip, from, started).await,
+        }
+    }
+
+    /// Everything that needs no waiting: bans, lists, local facts and a fresh cached
+    /// reputation. `Err(rule index)` when a look-up must be waited for.
+    fn decide_now(
+        &self,
+        live: &Live,
+        ip: IpAddr,
+        started: Option<Instant>,
+    ) -> Result<Decision, usize> {
+        if let Some(ban) = self.inner.bans.find(ip) {
             let reason = if ban.reason.is_empty() {
                 format!("banned ({})", ban.cidr)
             } else {
                 ban.reason
             };
-            (
+            let parts = (
                 Action::Block,
                 live.names[0].clone(),
                 Arc::from(reason),
                 None,
-            )
-        } else if live.allow.contains(ip) {
-            (
+            );
+            return Ok(self.finish(live, ip, parts, None, started));
+        }
+        if live.allow.contains(ip) {
+            let parts = (
                 Action::Allow,
                 live.names[1].clone(),
                 live.names[1].clone(),
                 None,
-            )
-        } else if live.block.contains(ip) {
-            (
+            );
+            return Ok(self.finish(live, ip, parts, None, started));
+        }
+        if live.block.contains(ip) {
+            let parts = (
                 Action::Block,
                 live.names[2].clone(),
                 live.names[2].clone(),
                 None,
-            )
+            );
+            return Ok(self.finish(live, ip, parts, None, started));
+        }
+        match live.policy.evaluate(ip, &live.feeds, None, 0, None) {
+            Ok(outcome) => {
+                let parts = self.outcome_parts(live, &outcome, None);
+                Ok(self.finish(live, ip, parts, None, started))
+            }
+            Err(from) => match live.source.cached(ip) {
+                Some(l) => Ok(self.with_reputation(live, ip, from, l, started)),
+                None => Err(from),
+            },
+        }
+    }
+
+    /// Waits for the look-up, then decides from rule `from`.
+    async fn decide_after_lookup(
+        &self,
+        live: &Live,
+        ip: IpAddr,
+        from: usize,
+        started: Option<Instant>,
+    ) -> Decision {
+        let l = lookup(live, ip).await;
+        self.with_reputation(live, ip, from, l, started)
+    }
+
+    fn with_reputation(
+        &self,
+        live: &Live,
+        ip: IpAddr,
+        from: usize,
+        l: Arc<Lookup>,
+        started: Option<Instant>,
+    ) -> Decision {
+        let outcome = if l.pending {
+            Outcome::Pending(live.config.lookup.on_miss)
         } else {
-            let outcome = match live.policy.evaluate(ip, &live.feeds, None, 0, None) {
-                Ok(o) => o,
-                Err(from) => {
-                    let l = match live.source.cached(ip) {
-                        Some(l) => l,
-                        None => lookup(live, ip).await,
-                    };
-                    let o = if l.pending {
-                        Outcome::Pending(live.config.lookup.on_miss)
-                    } else {
-                        // With a lookup given, evaluation always ends.
-                        live.policy
-                            .evaluate(ip, &live.feeds, Some(&l), from, None)
-                            .unwrap_or(Outcome::Default(live.config.default))
-                    };
-                    reputation = Some(l);
-                    o
-                }
-            };
-            self.outcome_parts(live, &outcome, reputation.as_deref())
+            // With a lookup given, evaluation always ends.
+            live.policy
+                .evaluate(ip, &live.feeds, Some(&l), from, None)
+                .unwrap_or(Outcome::Default(live.config.default))
         };
+        let parts = self.outcome_parts(live, &outcome, Some(&l));
+        self.finish(live, ip, parts, Some(l), started)
+    }
+
+    /// Counts, times and builds the decision.
+    fn finish(
+        &self,
+        live: &Live,
+        ip: IpAddr,
+        (verdict, rule, reason, index): (Action, Arc<str>, Arc<str>, Option<usize>),
+        reputation: Option<Arc<Lookup>>,
+        started: Option<Instant>,
+    ) -> Decision {
         let dry_run = live.config.mode == Mode::DryRun;
         live.count(index, &rule, verdict, dry_run);
         if let Some(started) = started {
