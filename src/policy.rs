@@ -328,10 +328,12 @@ impl Policy {
         mut trace: Option<&mut Vec<TraceStep>>,
     ) -> Result<Outcome, usize> {
         for (index, rule) in self.rules.iter().enumerate().skip(start) {
-            // Local facts alone, first: no look-up when they decide.
-            let result = match rule.cond.eval(ip, facts, None) {
-                Some(decided) => decided,
-                None => match rep {
+            // Without reputation, local facts alone decide or ask for a look-up. With it,
+            // one evaluation does (local facts are checked first inside it); only when
+            // the look-up failed do local facts alone say whether on_error must decide.
+            let result = match rep {
+                None => match rule.cond.eval(ip, facts, None) {
+                    Some(decided) => decided,
                     None => {
                         if let Some(t) = trace.as_deref_mut() {
                             t.push(TraceStep {
@@ -341,28 +343,33 @@ impl Policy {
                         }
                         return Err(index);
                     }
-                    // Nobody answered; or the rule reads one named provider and that
-                    // provider could not answer: on_error decides, not a guess.
-                    Some(l)
-                        if l.failed()
-                            || rule.cond.named_provider().is_some_and(|p| {
-                                !l.answers.iter().any(|r| r.provider == p)
-                                    && l.errors.iter().any(|(e, _)| e == p)
-                            }) =>
-                    {
-                        if let Some(t) = trace.as_deref_mut() {
-                            t.push(TraceStep {
-                                rule: rule.name.to_string(),
-                                result: "lookup failed",
+                },
+                // Nobody answered; or the rule reads one named provider and that
+                // provider could not answer: on_error decides, not a guess.
+                Some(l)
+                    if l.failed()
+                        || rule.cond.named_provider().is_some_and(|p| {
+                            !l.answers.iter().any(|r| r.provider == p)
+                                && l.errors.iter().any(|(e, _)| e == p)
+                        }) =>
+                {
+                    match rule.cond.eval(ip, facts, None) {
+                        Some(decided) => decided,
+                        None => {
+                            if let Some(t) = trace.as_deref_mut() {
+                                t.push(TraceStep {
+                                    rule: rule.name.to_string(),
+                                    result: "lookup failed",
+                                });
+                            }
+                            return Ok(Outcome::LookupFailed {
+                                index,
+                                action: self.on_error,
                             });
                         }
-                        return Ok(Outcome::LookupFailed {
-                            index,
-                            action: self.on_error,
-                        });
                     }
-                    Some(l) => rule.cond.eval(ip, facts, Some(l)).unwrap_or(false),
-                },
+                }
+                Some(l) => rule.cond.eval(ip, facts, Some(l)).unwrap_or(false),
             };
             if let Some(t) = trace.as_deref_mut() {
                 t.push(TraceStep {
