@@ -361,15 +361,6 @@ impl Gate {
             .await
     }
 
-    async fn decide_with(&self, live: &Live, ip: IpAddr) -> Decision {
-        let started = sample_timing().then(Instant::now);
-        let ip = ip.to_canonical();
-        match self.decide_now(live, ip, started) {
-            Ok(d) => d,
-            Err(from) => self.decide_after_lookup(live, ip, from, started).await,
-        }
-    }
-
     /// Everything that needs no waiting: bans, lists, local facts and a fresh cached
     /// reputation. `Err(rule index)` when a look-up must be waited for.
     fn decide_now(
@@ -378,36 +369,7 @@ impl Gate {
         ip: IpAddr,
         started: Option<Instant>,
     ) -> Result<Decision, usize> {
-        if let Some(ban) = self.inner.bans.find(ip) {
-            let reason = if ban.reason.is_empty() {
-                format!("banned ({})", ban.cidr)
-            } else {
-                ban.reason
-            };
-            let parts = (
-                Action::Block,
-                live.names[0].clone(),
-                Arc::from(reason),
-                None,
-            );
-            return Ok(self.finish(live, ip, parts, None, started));
-        }
-        if live.allow.contains(ip) {
-            let parts = (
-                Action::Allow,
-                live.names[1].clone(),
-                live.names[1].clone(),
-                None,
-            );
-            return Ok(self.finish(live, ip, parts, None, started));
-        }
-        if live.block.contains(ip) {
-            let parts = (
-                Action::Block,
-                live.names[2].clone(),
-                live.names[2].clone(),
-                None,
-            );
+        if let Some(parts) = self.list_parts(live, ip) {
             return Ok(self.finish(live, ip, parts, None, started));
         }
         match live.policy.evaluate(ip, &live.feeds, None, 0, None) {
@@ -420,6 +382,40 @@ impl Gate {
                 None => Err(from),
             },
         }
+    }
+
+    /// Bans, `lists.allow`, `lists.block`, in that order (SPEC §2.2).
+    fn list_parts(&self, live: &Live, ip: IpAddr) -> Option<Parts> {
+        if let Some(ban) = self.inner.bans.find(ip) {
+            let reason = if ban.reason.is_empty() {
+                format!("banned ({})", ban.cidr)
+            } else {
+                ban.reason
+            };
+            return Some((
+                Action::Block,
+                live.names[0].clone(),
+                Arc::from(reason),
+                None,
+            ));
+        }
+        if live.allow.contains(ip) {
+            return Some((
+                Action::Allow,
+                live.names[1].clone(),
+                live.names[1].clone(),
+                None,
+            ));
+        }
+        if live.block.contains(ip) {
+            return Some((
+                Action::Block,
+                live.names[2].clone(),
+                live.names[2].clone(),
+                None,
+            ));
+        }
+        None
     }
 
     /// Waits for the look-up, then decides from rule `from`.
@@ -442,14 +438,7 @@ impl Gate {
         l: Arc<Lookup>,
         started: Option<Instant>,
     ) -> Decision {
-        let outcome = if l.pending {
-            Outcome::Pending(live.config.lookup.on_miss)
-        } else {
-            // With a lookup given, evaluation always ends.
-            live.policy
-                .evaluate(ip, &live.feeds, Some(&l), from, None)
-                .unwrap_or(Outcome::Default(live.config.default))
-        };
+        let outcome = outcome_with(live, ip, from, &l, None);
         let parts = self.outcome_parts(live, &outcome, Some(&l));
         self.finish(live, ip, parts, Some(l), started)
     }
@@ -473,14 +462,7 @@ impl Gate {
         if verdict == Action::Block {
             tracing::debug!(ip = %ip, rule = %rule, dry_run, "blocked");
         }
-        Decision {
-            client_ip: ip,
-            action: if dry_run { Action::Allow } else { verdict },
-            verdict,
-            rule,
-            reason,
-            reputation,
-        }
+        build_decision(live, ip, (verdict, rule, reason, index), reputation)
     }
 
     fn outcome_parts(
@@ -591,9 +573,9 @@ impl Gate {
         trace: &mut Vec<TraceStep>,
         rep: &mut Option<Arc<Lookup>>,
     ) -> Decision {
-        if self.inner.bans.find(ip).is_some() || live.allow.contains(ip) || live.block.contains(ip)
-        {
-            return self.decide_with(live, ip).await;
+        // Explaining is not a request: nothing here is counted.
+        if let Some(parts) = self.list_parts(live, ip) {
+            return build_decision(live, ip, parts, None);
         }
         let outcome = match live.policy.evaluate(ip, &live.feeds, None, 0, Some(trace)) {
             Ok(o) => o,
@@ -614,24 +596,13 @@ impl Gate {
                         l
                     }
                 };
-                let o = live
-                    .policy
-                    .evaluate(ip, &live.feeds, Some(&l), from, Some(trace))
-                    .unwrap_or(Outcome::Default(live.config.default));
+                let o = outcome_with(live, ip, from, &l, Some(trace));
                 *rep = Some(l);
                 o
             }
         };
-        let (verdict, rule, reason, _) = self.outcome_parts(live, &outcome, rep.as_deref());
-        let dry_run = live.config.mode == Mode::DryRun;
-        Decision {
-            client_ip: ip,
-            action: if dry_run { Action::Allow } else { verdict },
-            verdict,
-            rule,
-            reason,
-            reputation: rep.clone(),
-        }
+        let parts = self.outcome_parts(live, &outcome, rep.as_deref());
+        build_decision(live, ip, parts, rep.clone())
     }
 
     /// Reasons the gate is not ready (empty when ready).
@@ -665,6 +636,44 @@ impl Gate {
     ) -> BlockBody {
         self.live().block_page.render(decision, accept)
     }
+}
+
+/// What a decision is made of: verdict, rule, reason, and the rule's index.
+type Parts = (Action, Arc<str>, Arc<str>, Option<usize>);
+
+/// The decision for `parts`: in dry_run mode nothing is blocked.
+fn build_decision(
+    live: &Live,
+    ip: IpAddr,
+    (verdict, rule, reason, _): Parts,
+    reputation: Option<Arc<Lookup>>,
+) -> Decision {
+    let dry_run = live.config.mode == Mode::DryRun;
+    Decision {
+        client_ip: ip,
+        action: if dry_run { Action::Allow } else { verdict },
+        verdict,
+        rule,
+        reason,
+        reputation,
+    }
+}
+
+/// The outcome once reputation is known: a pending background look-up leaves it to
+/// `lookup.on_miss`; otherwise the rules from `from` (evaluation always ends).
+fn outcome_with(
+    live: &Live,
+    ip: IpAddr,
+    from: usize,
+    l: &Lookup,
+    trace: Option<&mut Vec<TraceStep>>,
+) -> Outcome {
+    if l.pending {
+        return Outcome::Pending(live.config.lookup.on_miss);
+    }
+    live.policy
+        .evaluate(ip, &live.feeds, Some(l), from, trace)
+        .unwrap_or(Outcome::Default(live.config.default))
 }
 
 /// One decision in this many is timed for `ipgate_decision_seconds`.

@@ -214,6 +214,9 @@ async fn background_mode_decides_on_miss_now_and_uses_the_answer_next_time() {
     .await;
     let d = g.decide(ip("198.51.100.4")).await;
     assert_eq!((&*d.rule, d.is_blocked()), ("lookup-pending", false));
+    // Explaining a new client in background mode says what a request would get.
+    let e = g.explain(ip("198.51.100.44"), true).await;
+    assert_eq!((e.rule.as_str(), e.decision), ("lookup-pending", "allow"));
     for _ in 0..50 {
         if g.reputation_cache()
             .unwrap()
@@ -226,7 +229,7 @@ async fn background_mode_decides_on_miss_now_and_uses_the_answer_next_time() {
     }
     let d = g.decide(ip("198.51.100.4")).await;
     assert_eq!((&*d.rule, d.is_blocked()), ("block-threats", true));
-    assert_eq!(emu.calls(Api::Iocscout), 1);
+    assert_eq!(emu.calls_for(Api::Iocscout, ip("198.51.100.4")), 1);
 }
 
 #[tokio::test]
