@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestGateway, client, upstream};
+use common::{TestGateway, client, closed_by_server, get_raw, read_raw, upstream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -361,19 +361,9 @@ async fn slow_headers_are_cut_off() {
     .await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-    let mut buf = [0u8; 512];
     // The server closes (possibly after a 408) well before this bound.
-    let r = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await;
     assert!(
-        r.is_ok(),
+        closed_by_server(&mut s, Duration::from_secs(5)).await,
         "a client that never finished its headers was not cut off"
     );
     assert_eq!(up.seen.count(), 0);
@@ -389,22 +379,11 @@ async fn idle_keep_alive_connections_are_closed() {
     )
     .await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(n > 0);
-    let r = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await;
-    assert!(r.is_ok(), "idle keep-alive connection stayed open");
+    assert!(get_raw(&mut s, "/", Duration::from_secs(5)).await.is_some());
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(5)).await,
+        "idle keep-alive connection stayed open"
+    );
     gw.shutdown().await;
 }
 
@@ -424,20 +403,17 @@ async fn connection_limit_makes_extra_clients_wait() {
     assert!(a.read(&mut buf).await.unwrap() > 0);
     // A second connection is accepted by the kernel but not served while `a` is open.
     let mut b = TcpStream::connect(gw.addr).await.unwrap();
-    b.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let early = tokio::time::timeout(Duration::from_millis(400), b.read(&mut buf)).await;
     assert!(
-        early.is_err(),
+        get_raw(&mut b, "/b", Duration::from_millis(400))
+            .await
+            .is_none(),
         "the second connection was served beyond max_connections"
     );
     drop(a);
-    let n = tokio::time::timeout(Duration::from_secs(5), b.read(&mut buf))
+    let answer = read_raw(&mut b, Duration::from_secs(5))
         .await
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        .unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     gw.shutdown().await;
 }
 
@@ -625,22 +601,18 @@ async fn an_open_websocket_counts_against_max_connections() {
     assert_eq!(got.into_text().unwrap().as_str(), "echo: hi");
     // While the tunnel is open, a second client is not served.
     let mut b = TcpStream::connect(gw.addr).await.unwrap();
-    b.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    let early = tokio::time::timeout(Duration::from_millis(400), b.read(&mut buf)).await;
     assert!(
-        early.is_err(),
+        get_raw(&mut b, "/b", Duration::from_millis(400))
+            .await
+            .is_none(),
         "a WebSocket tunnel did not count against max_connections"
     );
     ws.close(None).await.unwrap();
     drop(ws);
-    let n = tokio::time::timeout(Duration::from_secs(5), b.read(&mut buf))
+    let answer = read_raw(&mut b, Duration::from_secs(5))
         .await
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        .unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     gw.shutdown().await;
 }
 

@@ -64,6 +64,50 @@ impl TestGateway {
     }
 }
 
+/// Reads until the server closes `s`; true when it did within `within`.
+pub async fn closed_by_server(s: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Sends a GET for `path` on `s` and returns the first bytes of the answer, or None
+/// when nothing came back within `within`.
+pub async fn get_raw(
+    s: &mut tokio::net::TcpStream,
+    path: &str,
+    within: std::time::Duration,
+) -> Option<String> {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    read_raw(s, within).await
+}
+
+/// The next bytes the server sends on `s`, or None when nothing came within `within`.
+pub async fn read_raw(
+    s: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(within, s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
