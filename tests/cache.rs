@@ -6,12 +6,11 @@
 mod common;
 
 use std::net::IpAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::emulator::*;
-use common::{client, free_port, upstream};
+use common::{client, free_port, spawn_run, upstream, wait_for_status};
 use ipgate::{Config, Gate};
 
 const KEY: &str = "cache-test-key";
@@ -281,24 +280,9 @@ async fn memory_stays_bounded_under_a_flood_of_ipv6_prefixes() {
 }
 
 async fn start_binary(policy: &std::path::Path, admin: u16) -> tokio::process::Child {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ipgate"))
-        .args(["run", "-c", policy.to_str().unwrap()])
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if client()
-            .get(format!("http://127.0.0.1:{admin}/healthz"))
-            .send()
-            .await
-            .is_ok()
-        {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the gateway did not start");
+    let child = spawn_run(policy);
+    wait_for_status(&format!("http://127.0.0.1:{admin}/healthz"), 200).await;
+    child
 }
 
 async fn metric(admin: u16, line_start: &str) -> f64 {

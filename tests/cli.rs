@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, kill, upstream};
+use common::{free_port, kill, spawn_run, upstream, wait_for_status};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ipgate");
@@ -156,18 +156,6 @@ fn run_exit_codes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("upstream"));
 }
 
-async fn wait_for_status(url: &str, want: u16) {
-    for _ in 0..100 {
-        if let Ok(r) = common::client().get(url).send().await
-            && r.status().as_u16() == want
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{url} never answered {want}");
-}
-
 #[tokio::test]
 async fn run_reloads_on_sighup_keeps_old_config_on_error_and_drains_on_sigterm() {
     let up = upstream::start().await;
@@ -180,12 +168,7 @@ async fn run_reloads_on_sighup_keeps_old_config_on_error_and_drains_on_sigterm()
         up.url()
     );
     std::fs::write(&f, &base).unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["run", "-c", f.to_str().unwrap()])
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&f);
     let url = format!("http://127.0.0.1:{port}/");
     wait_for_status(&url, 200).await;
     let pid = child.id().unwrap();
@@ -330,12 +313,7 @@ async fn run_reloads_when_the_watched_file_changes() {
         up.url()
     );
     std::fs::write(&f, &base).unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["run", "-c", f.to_str().unwrap()])
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&f);
     let url = format!("http://127.0.0.1:{port}/");
     wait_for_status(&url, 200).await;
     // Write a new file and rename it over the old one, as editors do.
@@ -366,12 +344,7 @@ async fn check_beside_a_running_gateway_that_holds_the_cache() {
         format!("listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:9\nclient_ip: {{ trusted_proxies: [127.0.0.1/32] }}\ncache: {{ path: cache.redb }}\nproviders: {{ file: {{ path: rep.yaml }} }}\nrules:\n  - {{ name: block-threats, when: {{ status: threat }}, action: block }}\n"),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["run", "-c", f.to_str().unwrap()])
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&f);
     wait_for_status(&format!("http://127.0.0.1:{port}/"), 502).await;
     let r = common::client()
         .get(format!("http://127.0.0.1:{port}/"))

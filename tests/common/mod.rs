@@ -108,6 +108,29 @@ pub async fn read_raw(
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// Starts `ipgate run -c policy` (killed when dropped; its logs discarded).
+pub fn spawn_run(policy: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ipgate"))
+        .args(["run", "-c", policy.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (at most 5 s) until `url` answers with status `want`.
+pub async fn wait_for_status(url: &str, want: u16) {
+    for _ in 0..100 {
+        if let Ok(r) = client().get(url).send().await
+            && r.status().as_u16() == want
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{url} never answered {want}");
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
