@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
         "cache holds {}",
         cache.len()
     );
-    let set: ipgate::lists::IpSet = cidrs().into_iter().map(|c| c.0).collect();
+    let set: ipgate::IpSet = cidrs().into_iter().map(|c| c.0).collect();
 
     let mut g = c.benchmark_group("decide");
     let mut i = 0u32;

@@ -10,9 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ipgate::IpSet;
 use ipgate::config::{Dur, FeedConfig, FeedFormat, Text};
 use ipgate::feeds::{Feeds, parse};
-use ipgate::lists::IpSet;
 
 /// Deterministic pseudo-random numbers (xorshift64*).
 struct Rng(u64);

@@ -3,20 +3,19 @@
 //! ```text
 //! cargo run --example axum -- [policy.yaml] [listen-addr]
 //! ```
-//! Handlers read the gate's `Decision` from the request extensions.
+//! Handlers take the gate's `Decision` as an extractor.
 
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::Extension;
 use axum::routing::get;
 
-async fn hello(Extension(decision): Extension<ipgate::Decision>) -> String {
+async fn hello(decision: ipgate::Decision) -> String {
     format!(
         "hello {}: {} by {}\n",
         decision.client_ip,
         decision.action.as_str(),
-        decision.rule
+        decision.rule()
     )
 }
 

@@ -3,8 +3,6 @@
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 
-use crate::gate::Decision;
-
 const DEFAULT_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Access denied</title></head>\n<body><h1>Access denied</h1>\n<p>Requests from {ip} are not allowed ({rule}).</p></body></html>\n";
 
 /// A rendered block response.
@@ -24,9 +22,16 @@ pub struct BlockPage {
 
 /// Why a block page could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BlockPageError {
-    #[error("block_response.html: cannot read {path}: {message}")]
-    Read { path: String, message: String },
+    /// The template file cannot be read.
+    #[error("block_response.html: cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a status code.
     #[error("block_response.status: {0} is not an HTTP status")]
     Status(u16),
 }
@@ -37,29 +42,32 @@ impl BlockPage {
         let status =
             StatusCode::from_u16(cfg.status).map_err(|_| BlockPageError::Status(cfg.status))?;
         let template = match &cfg.html {
-            Some(path) => std::fs::read_to_string(&path.0).map_err(|e| BlockPageError::Read {
-                path: path.0.clone(),
-                message: e.to_string(),
-            })?,
+            Some(path) => {
+                std::fs::read_to_string(&path.0).map_err(|source| BlockPageError::Read {
+                    path: path.0.clone(),
+                    source,
+                })?
+            }
             None => DEFAULT_HTML.to_string(),
         };
         Ok(BlockPage { status, template })
     }
 
-    /// Renders the response for `decision`; JSON when `accept` prefers it.
-    pub fn render(&self, decision: &Decision, accept: Option<&HeaderValue>) -> BlockBody {
-        // A client is told why in general terms; provider errors stay in logs and the
-        // admin API.
-        let reason: &str = if &*decision.rule == "lookup-error" {
-            "reputation unavailable"
-        } else {
-            &decision.reason
-        };
+    /// Renders the response for a blocked `client_ip`; JSON when `accept` prefers it.
+    /// `reason` is what the client may be told (never provider errors or operator
+    /// notes: see `Decision::public_reason`).
+    pub fn render(
+        &self,
+        client_ip: std::net::IpAddr,
+        rule: &str,
+        reason: &str,
+        accept: Option<&HeaderValue>,
+    ) -> BlockBody {
         if prefers_json(accept) {
             let body = serde_json::json!({
                 "error": "blocked",
-                "ip": decision.client_ip.to_string(),
-                "rule": &*decision.rule,
+                "ip": client_ip.to_string(),
+                "rule": rule,
                 "reason": reason,
             });
             return BlockBody {
@@ -70,8 +78,8 @@ impl BlockPage {
         }
         let html = self
             .template
-            .replace("{ip}", &escape(&decision.client_ip.to_string()))
-            .replace("{rule}", &escape(&decision.rule))
+            .replace("{ip}", &escape(&client_ip.to_string()))
+            .replace("{rule}", &escape(rule))
             .replace("{reason}", &escape(reason));
         BlockBody {
             status: self.status,
@@ -140,16 +148,16 @@ mod tests {
     #[test]
     fn provider_errors_are_not_shown_to_clients() {
         let page = BlockPage::from_config(&crate::config::BlockResponse::default()).unwrap();
-        let d = Decision {
-            client_ip: "198.51.100.1".parse().unwrap(),
-            action: crate::config::Action::Block,
-            verdict: crate::config::Action::Block,
-            rule: "lookup-error".into(),
-            reason: "rule `x` needs reputation and none is available (iocscout: HTTP 500)".into(),
-            reputation: None,
-        };
+        let d = crate::snapshot::Snapshot::for_tests().build(
+            "198.51.100.1".parse().unwrap(),
+            crate::decision::DecidedBy::LookupError,
+            "rule `x` needs reputation and none is available (iocscout: HTTP 500)".into(),
+            None,
+        );
         for accept in [None, Some(HeaderValue::from_static("application/json"))] {
-            let body = page.render(&d, accept.as_ref()).body;
+            let body = page
+                .render(d.client_ip, d.rule(), d.public_reason(), accept.as_ref())
+                .body;
             let text = String::from_utf8_lossy(&body);
             assert!(
                 !text.contains("iocscout") && !text.contains("500"),
@@ -157,7 +165,12 @@ mod tests {
             );
         }
         let json = page
-            .render(&d, Some(&HeaderValue::from_static("application/json")))
+            .render(
+                d.client_ip,
+                d.rule(),
+                d.public_reason(),
+                Some(&HeaderValue::from_static("application/json")),
+            )
             .body;
         assert!(String::from_utf8_lossy(&json).contains("reputation unavailable"));
     }

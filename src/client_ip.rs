@@ -325,18 +325,9 @@ impl ClientIpResolver {
 
     /// Whether `ip` (canonicalized first) is a trusted proxy.
     #[inline]
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted.contains(ip.to_canonical())
-    }
-
-    /// The header read from trusted proxies.
-    pub fn header(&self) -> HeaderSource {
-        self.header
-    }
-
-    /// The trusted proxy networks.
-    pub fn trusted(&self) -> &IpSet {
-        &self.trusted
     }
 
     /// The client IP of a request, canonical (`::ffff:a.b.c.d` → `a.b.c.d`).

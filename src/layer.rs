@@ -1,36 +1,106 @@
-//! Tower glue: `GateLayer` / `GateService`. A blocked request is answered here; an
-//! allowed one goes on with its [`Decision`] in the request extensions.
+//! Tower glue: [`GateLayer`] / [`GateService`]. A blocked request is answered here; an
+//! allowed one goes on with its [`Decision`] in the request extensions, where handlers
+//! read it as an extractor.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::net::SocketAddr;
+//! use axum::{routing::get, Router};
+//!
+//! let gate = ipgate::Gate::from_config(ipgate::Config::from_yaml("lists: { block: [203.0.113.0/24] }", "inline")?).await?;
+//! let app = Router::new()
+//!     .route("/", get(|d: ipgate::Decision| async move { format!("hello {}", d.client_ip) }))
+//!     // Everything routed above this line is guarded; routes added after it are not.
+//!     .layer(gate.layer().block_with(|d, _headers| {
+//!         http::Response::builder()
+//!             .status(451)
+//!             .body(format!("no entry for {}\n", d.client_ip).into())
+//!             .unwrap_or_default()
+//!     }));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! // The layer needs the peer address: serve with connect info (or insert ipgate::ClientIp).
+//! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! `Router::layer` wraps the routes added before it: a route added after `.layer()` is
+//! not guarded. Put the layer last (or use `Router::route_layer` for matched routes only).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::{Request, Response, header};
+use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::gate::{Decision, Gate};
+use crate::decision::Decision;
+use crate::gate::Gate;
+use crate::snapshot::{Pinned, Snapshot};
 
 /// The connection's peer address, for servers that do not provide axum's
 /// `ConnectInfo<SocketAddr>`. Trusted proxies and forwarding headers still apply to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
-/// Body of a guarded response: the inner service's, or the gate's block page.
+/// Body of a guarded response: the inner service's, or the gate's block answer.
 pub type GateBody<B> = Either<B, Full<Bytes>>;
 
+/// Builds the answer to a blocked request from its decision and request headers.
+pub type BlockAnswer = Arc<dyn Fn(&Decision, &HeaderMap) -> Response<Full<Bytes>> + Send + Sync>;
+
 /// Layer that guards a service with a [`Gate`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GateLayer {
     gate: Gate,
+    block: Option<BlockAnswer>,
+    /// Hand the request's snapshot to the inner service (the gateway's proxy).
+    pin: bool,
+}
+
+impl std::fmt::Debug for GateLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateLayer")
+            .field("custom_block_answer", &self.block.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl GateLayer {
-    /// A layer over `gate`.
+    /// A layer over `gate`; blocked requests get the configured `block_response`.
     pub fn new(gate: Gate) -> Self {
-        GateLayer { gate }
+        GateLayer {
+            gate,
+            block: None,
+            pin: false,
+        }
+    }
+
+    /// Puts the snapshot the request was decided on into its extensions, so the
+    /// gateway's proxy forwards under the same configuration.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn pinning(mut self) -> Self {
+        self.pin = true;
+        self
+    }
+
+    /// Answers blocked requests with `f` instead of the configured `block_response`.
+    pub fn block_with(
+        mut self,
+        f: impl Fn(&Decision, &HeaderMap) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    ) -> Self {
+        self.block = Some(Arc::new(f));
+        self
+    }
+}
+
+impl Gate {
+    /// A tower layer that guards a service with this gate.
+    pub fn layer(&self) -> GateLayer {
+        GateLayer::new(self.clone())
     }
 }
 
@@ -39,20 +109,32 @@ impl<S> Layer<S> for GateLayer {
     fn layer(&self, inner: S) -> Self::Service {
         GateService {
             gate: self.gate.clone(),
+            block: self.block.clone(),
+            pin: self.pin,
             inner,
         }
     }
 }
 
 /// A service guarded by a [`Gate`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GateService<S> {
     gate: Gate,
+    block: Option<BlockAnswer>,
+    pin: bool,
     inner: S,
 }
 
+impl<S: std::fmt::Debug> std::fmt::Debug for GateService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The peer of a request: a [`ClientIp`] extension, else axum's `ConnectInfo`.
-pub fn peer_of<B>(req: &Request<B>) -> Option<IpAddr> {
+fn peer_of<B>(req: &Request<B>) -> Option<IpAddr> {
     if let Some(ClientIp(ip)) = req.extensions().get::<ClientIp>() {
         return Some(*ip);
     }
@@ -60,6 +142,9 @@ pub fn peer_of<B>(req: &Request<B>) -> Option<IpAddr> {
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map(|ci| ci.0.ip())
 }
+
+/// What a request without a peer address is told, and why it is refused.
+const NO_PEER: &str = "no peer address for the request: serve with into_make_service_with_connect_info::<SocketAddr>() or insert ipgate::ClientIp";
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for GateService<S>
 where
@@ -79,36 +164,50 @@ where
         // The clone is not ready; the ready one (self.inner) serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let gate = self.gate.clone();
+        // One snapshot for the whole request: the decision keeps it.
+        let snapshot = self.gate.snapshot();
+        let block = self.block.clone();
+        let pin = self.pin;
         Box::pin(async move {
             let decision = match peer_of(&req) {
-                Some(peer) => gate.decide_request(peer, req.headers()).await,
-                None => gate.decide_without_peer(),
+                Some(peer) => snapshot.decide_request(peer, req.headers()).await,
+                None => {
+                    tracing::warn!("{NO_PEER}");
+                    snapshot.refuse_invalid(IpAddr::from([0, 0, 0, 0]), Arc::from(NO_PEER))
+                }
             };
             if decision.is_blocked() {
-                return Ok(block_response(
-                    &gate,
-                    &decision,
-                    req.headers().get(header::ACCEPT),
-                ));
+                let resp = match &block {
+                    Some(f) => f(&decision, req.headers()),
+                    None => block_response(&snapshot, &decision, req.headers().get(header::ACCEPT)),
+                };
+                return Ok(resp.map(Either::Right));
             }
             if decision.verdict == crate::config::Action::Block {
-                tracing::info!(ip = %decision.client_ip, rule = %decision.rule, "dry_run: would block");
+                tracing::info!(ip = %decision.client_ip, rule = %decision.by, "dry_run: would block");
             }
             req.extensions_mut().insert(decision);
+            if pin {
+                req.extensions_mut().insert(Pinned(snapshot));
+            }
             inner.call(req).await.map(|r| r.map(Either::Left))
         })
     }
 }
 
-/// The response for a blocked request.
-pub fn block_response<B>(
-    gate: &Gate,
+/// The configured block response for a decision.
+fn block_response(
+    snapshot: &Snapshot,
     decision: &Decision,
     accept: Option<&http::HeaderValue>,
-) -> Response<Either<B, Full<Bytes>>> {
-    let page = gate.block_response(decision, accept);
-    let mut resp = Response::new(Either::Right(Full::new(page.body)));
+) -> Response<Full<Bytes>> {
+    let page = snapshot.block_page().render(
+        decision.client_ip,
+        decision.rule(),
+        decision.public_reason(),
+        accept,
+    );
+    let mut resp = Response::new(Full::new(page.body));
     *resp.status_mut() = page.status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, page.content_type);
@@ -117,4 +216,51 @@ pub fn block_response<B>(
         http::HeaderValue::from_static("no-store"),
     );
     resp
+}
+
+/// The rejection when a handler asks for a [`Decision`] on a route the layer does not
+/// guard.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct MissingDecision;
+
+impl std::fmt::Display for MissingDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no ipgate decision for this request: the route is not behind ipgate's layer (routes added after `.layer(gate.layer())` are not guarded)")
+    }
+}
+
+impl std::error::Error for MissingDecision {}
+
+impl axum::response::IntoResponse for MissingDecision {
+    fn into_response(self) -> axum::response::Response {
+        tracing::error!("{self}");
+        (StatusCode::INTERNAL_SERVER_ERROR, format!("{self}\n")).into_response()
+    }
+}
+
+impl<St: Send + Sync> axum::extract::FromRequestParts<St> for Decision {
+    type Rejection = MissingDecision;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &St,
+    ) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Decision>()
+            .cloned()
+            .ok_or(MissingDecision)
+    }
+}
+
+impl<St: Send + Sync> axum::extract::OptionalFromRequestParts<St> for Decision {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &St,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<Decision>().cloned())
+    }
 }

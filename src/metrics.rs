@@ -24,7 +24,8 @@ pub const FEED_AGE: &str = "ipgate_feed_age_seconds";
 pub const CONFIG_RELOADS: &str = "ipgate_config_reloads_total";
 /// `ipgate_upstream_seconds` histogram
 pub const UPSTREAM_SECONDS: &str = "ipgate_upstream_seconds";
-/// `ipgate_lookup_failures_total{rule}`: a rule needed reputation and none was available.
+/// `ipgate_lookup_failures_total`: decisions made by `lookup.on_error` (a rule needed
+/// reputation and none was available).
 pub const LOOKUP_FAILURES: &str = "ipgate_lookup_failures_total";
 
 /// Registers the descriptions with the installed recorder.
@@ -53,5 +54,14 @@ pub fn describe() {
         "Time to the upstream's response head."
     );
     describe_counter!(LOOKUP_FAILURES, "Decisions made by lookup.on_error.");
-    crate::feeds::describe_metrics();
+    describe_gauge!(FEED_ENTRIES, "Networks in each feed.");
+    describe_counter!(
+        FEED_REFRESH,
+        "Feed refreshes by result (ok, not_modified, error; the load at start included)."
+    );
+    describe_gauge!(
+        FEED_AGE,
+        Unit::Seconds,
+        "Seconds since each feed was last confirmed by its source (absent while never loaded)."
+    );
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::{self, Action, FeedTag};
-use crate::reputation::{Lookup, Reputation, Status, ThreatClass};
+use crate::reputation::{Lookup, ProviderId, Reputation, Status, ThreatClass};
 
 /// Local facts about an IP that rules may ask for without a look-up.
 pub trait LocalFacts {
@@ -16,18 +16,6 @@ pub trait LocalFacts {
     fn in_list(&self, index: usize, ip: IpAddr) -> bool;
     /// Whether any feed tagged `tag` contains `ip`.
     fn tagged(&self, tag: FeedTag, ip: IpAddr) -> bool;
-}
-
-/// No local lists.
-pub struct NoLocalFacts;
-
-impl LocalFacts for NoLocalFacts {
-    fn in_list(&self, _index: usize, _ip: IpAddr) -> bool {
-        false
-    }
-    fn tagged(&self, _tag: FeedTag, _ip: IpAddr) -> bool {
-        false
-    }
 }
 
 /// A compiled condition.
@@ -46,7 +34,7 @@ struct Cond {
     asn: Vec<u32>,
     /// Indices of named lists (any of them).
     in_list: Vec<usize>,
-    provider: Option<&'static str>,
+    provider: Option<ProviderId>,
     not: Option<Box<Cond>>,
 }
 
@@ -74,12 +62,13 @@ impl Cond {
     fn compile(
         c: &config::Condition,
         list_index: &dyn Fn(&str) -> Option<usize>,
-        inherited_provider: Option<&'static str>,
+        inherited_provider: Option<ProviderId>,
     ) -> Cond {
+        // Names were checked by config validation.
         let provider = c
             .provider
             .as_deref()
-            .and_then(|p| config::PROVIDER_NAMES.iter().copied().find(|n| *n == p))
+            .and_then(|p| p.parse().ok())
             .or(inherited_provider);
         Cond {
             status: c.status.iter().fold(0, |m, s| m | status_bit(*s)),
@@ -107,23 +96,6 @@ impl Cond {
                 .as_ref()
                 .map(|n| Box::new(Cond::compile(n, list_index, provider))),
         }
-    }
-
-    /// The provider this condition reads, when it names one.
-    fn named_provider(&self) -> Option<&'static str> {
-        self.provider
-    }
-
-    fn needs_reputation(&self) -> bool {
-        self.status != 0
-            || self.score_above.is_some()
-            || self.class != 0
-            || self.tor.is_some()
-            || self.vpn.is_some()
-            || self.scanner.is_some()
-            || !self.country.is_empty()
-            || !self.asn.is_empty()
-            || self.not.as_ref().is_some_and(|n| n.needs_reputation())
     }
 
     /// Some(true/false) when decided; None when reputation is needed and not yet known.
@@ -240,8 +212,6 @@ pub struct CompiledRule {
     cond: Cond,
     /// What the rule does when it matches.
     pub action: Action,
-    /// Whether its condition may need reputation.
-    pub needs_reputation: bool,
 }
 
 /// The ordered rules and the default.
@@ -250,9 +220,6 @@ pub struct Policy {
     rules: Vec<CompiledRule>,
     default: Action,
     on_error: Action,
-    default_name: Arc<str>,
-    on_error_name: Arc<str>,
-    pending_name: Arc<str>,
 }
 
 /// Where evaluation ended.
@@ -262,10 +229,18 @@ pub enum Outcome {
     Rule { index: usize, action: Action },
     /// No rule matched.
     Default(Action),
-    /// A rule needed reputation and no provider could answer.
+    /// A rule needed reputation and no provider could answer: `lookup.on_error`.
     LookupFailed { index: usize, action: Action },
-    /// Background look-up started; `lookup.on_miss` decides meanwhile.
-    Pending(Action),
+}
+
+/// The result of evaluating the rules.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Evaluation {
+    /// The rules decided.
+    Decided(Outcome),
+    /// Rule `from` needs reputation that was not given: look it up, then evaluate
+    /// again from `from`.
+    NeedsReputation { from: usize },
 }
 
 /// One step of an evaluation, for `explain`.
@@ -286,7 +261,6 @@ impl Policy {
                 let cond = Cond::compile(&r.value.when, list_index, None);
                 CompiledRule {
                     name: Arc::from(r.value.name.0.as_str()),
-                    needs_reputation: cond.needs_reputation(),
                     cond,
                     action: r.value.action,
                 }
@@ -296,9 +270,6 @@ impl Policy {
             rules,
             default: cfg.default,
             on_error: cfg.lookup.on_error,
-            default_name: Arc::from("default"),
-            on_error_name: Arc::from("lookup-error"),
-            pending_name: Arc::from("lookup-pending"),
         }
     }
 
@@ -307,18 +278,9 @@ impl Policy {
         &self.rules
     }
 
-    /// The name to report for an outcome.
-    pub fn rule_name(&self, outcome: &Outcome) -> &Arc<str> {
-        match outcome {
-            Outcome::Rule { index, .. } => &self.rules[*index].name,
-            Outcome::Default(_) => &self.default_name,
-            Outcome::LookupFailed { .. } => &self.on_error_name,
-            Outcome::Pending(_) => &self.pending_name,
-        }
-    }
-
-    /// Evaluates the rules from `start`. Returns `Err(index)` when rule `index` needs
-    /// reputation and `rep` is None: the caller looks up and calls again from `index`.
+    /// Evaluates the rules from `start`. Without `rep`, stops at the first rule that
+    /// needs reputation ([`Evaluation::NeedsReputation`]): the caller looks up and
+    /// calls again from there.
     pub fn evaluate(
         &self,
         ip: IpAddr,
@@ -326,7 +288,7 @@ impl Policy {
         rep: Option<&Lookup>,
         start: usize,
         mut trace: Option<&mut Vec<TraceStep>>,
-    ) -> Result<Outcome, usize> {
+    ) -> Evaluation {
         for (index, rule) in self.rules.iter().enumerate().skip(start) {
             // Without reputation, local facts alone decide or ask for a look-up. With it,
             // one evaluation does (local facts are checked first inside it); only when
@@ -341,18 +303,12 @@ impl Policy {
                                 result: "needs reputation",
                             });
                         }
-                        return Err(index);
+                        return Evaluation::NeedsReputation { from: index };
                     }
                 },
                 // Nobody answered; or the rule reads one named provider and that
                 // provider could not answer: on_error decides, not a guess.
-                Some(l)
-                    if l.failed()
-                        || rule.cond.named_provider().is_some_and(|p| {
-                            !l.answers.iter().any(|r| r.provider == p)
-                                && l.errors.iter().any(|(e, _)| e == p)
-                        }) =>
-                {
+                Some(l) if l.failed() || rule.cond.provider.is_some_and(|p| l.failed_for(p)) => {
                     match rule.cond.eval(ip, facts, None) {
                         Some(decided) => decided,
                         None => {
@@ -362,7 +318,7 @@ impl Policy {
                                     result: "lookup failed",
                                 });
                             }
-                            return Ok(Outcome::LookupFailed {
+                            return Evaluation::Decided(Outcome::LookupFailed {
                                 index,
                                 action: self.on_error,
                             });
@@ -378,13 +334,13 @@ impl Policy {
                 });
             }
             if result {
-                return Ok(Outcome::Rule {
+                return Evaluation::Decided(Outcome::Rule {
                     index,
                     action: rule.action,
                 });
             }
         }
-        Ok(Outcome::Default(self.default))
+        Evaluation::Decided(Outcome::Default(self.default))
     }
 }
 

@@ -3,14 +3,14 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -18,73 +18,36 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower_service::Service;
 
-use crate::gate::{Decision, Gate};
+use crate::decision::Decision;
 use crate::headers;
 use crate::layer::ClientIp;
+use crate::snapshot::Pinned;
 
 /// Errors crossing the proxy's bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The proxy's response body.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// Where requests go, parsed once per configuration.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    scheme: Scheme,
-    authority: Authority,
-    /// Path prefix of the upstream URL ("" for none).
-    base_path: String,
-}
-
-impl Upstream {
-    /// Parses `http://host:port[/prefix]`.
-    pub fn parse(url: &str) -> Result<Upstream, String> {
-        let uri: Uri = url.parse().map_err(|e| format!("upstream `{url}`: {e}"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("upstream `{url}` has no scheme"))?;
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("upstream `{url}` has no host"))?;
-        let base_path = uri.path().trim_end_matches('/').to_string();
-        Ok(Upstream {
-            scheme,
-            authority,
-            base_path,
-        })
-    }
-
-    fn uri_for(&self, pq: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
-        let pq = pq.map_or("/", |p| p.as_str());
-        let full = if self.base_path.is_empty() {
-            pq.to_string()
-        } else {
-            format!("{}{pq}", self.base_path)
-        };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(full)
-            .build()
-    }
-}
+/// The connection slot (of `max_connections`) a request's connection holds. An
+/// upgraded connection (WebSocket) takes it into its tunnel, so tunnels count against
+/// the limit and are waited for on shutdown.
+#[derive(Clone)]
+pub(crate) struct ConnSlot(#[allow(dead_code)] pub(crate) Arc<tokio::sync::OwnedSemaphorePermit>);
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
 
-/// The forwarding service. Cheap to clone; reads the upstream from the gate's live
-/// configuration so a reload changes where requests go.
+/// The forwarding service, behind the gate's layer. Cheap to clone; reads the upstream
+/// and its settings from the snapshot the request was decided on, so a reload changes
+/// where new requests go and never splits one request between two configurations.
 #[derive(Clone)]
-pub struct Proxy {
-    gate: Gate,
+pub(crate) struct Proxy {
     client: HttpsClient,
     tls: bool,
 }
 
 impl Proxy {
-    /// A proxy for `gate`; `tls` tells whether clients reach us over TLS (X-Forwarded-Proto).
-    pub fn new(gate: Gate, tls: bool) -> Proxy {
+    /// A proxy; `tls` tells whether clients reach us over TLS (X-Forwarded-Proto).
+    pub(crate) fn new(tls: bool) -> Proxy {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -94,12 +57,12 @@ impl Proxy {
             .enable_http1()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(https);
-        Proxy { gate, client, tls }
+        Proxy { client, tls }
     }
 }
 
 /// A plain-text response from the gateway itself.
-pub fn text_response(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
+pub(crate) fn text_response(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
     let mut r = Response::new(
         Full::new(Bytes::from_static(msg.as_bytes()))
             .map_err(|n| match n {})
@@ -144,21 +107,26 @@ impl Service<Request<Incoming>> for Proxy {
 
 impl Proxy {
     async fn forward(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        let live = self.gate.live();
-        let Some(upstream) = live.upstream.clone() else {
+        let (Some(decision), Some(Pinned(live))) = (
+            req.extensions_mut().remove::<Decision>(),
+            req.extensions_mut().remove::<Pinned>(),
+        ) else {
+            tracing::error!("a request reached the proxy without a decision");
+            return text_response(StatusCode::INTERNAL_SERVER_ERROR, "no decision\n");
+        };
+        let Some(upstream) = live.upstream() else {
             return text_response(StatusCode::BAD_GATEWAY, "no upstream configured\n");
         };
-        let cfg = live.config.clone();
+        let cfg = live.config();
         let peer = req
             .extensions()
             .get::<ClientIp>()
             .map(|c| c.0)
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let decision = req.extensions_mut().remove::<Decision>();
 
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let conn_slot = req.extensions_mut().remove::<crate::server::ConnSlot>();
+        let conn_slot = req.extensions_mut().remove::<ConnSlot>();
 
         let orig_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
@@ -173,7 +141,7 @@ impl Proxy {
         let h = req.headers_mut();
         headers::remove_hop_by_hop(h);
         headers::remove_gateway_headers(h);
-        let trusted = live.resolver.is_trusted(peer);
+        let trusted = live.resolver().is_trusted(peer);
         headers::set_forwarding(
             h,
             peer,
@@ -184,7 +152,7 @@ impl Proxy {
         let host = if cfg.preserve_host {
             orig_host
         } else {
-            HeaderValue::from_str(upstream.authority.as_str()).ok()
+            HeaderValue::from_str(upstream.authority().as_str()).ok()
         };
         if let Some(host) = host {
             h.insert(header::HOST, host);
@@ -193,10 +161,8 @@ impl Proxy {
             h.insert(header::UPGRADE, proto.clone());
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        if cfg.upstream_headers
-            && let Some(d) = &decision
-        {
-            enrich(h, d);
+        if cfg.upstream_headers {
+            enrich(h, &decision);
         }
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
@@ -208,11 +174,11 @@ impl Proxy {
             .record(started.elapsed().as_secs_f64());
         let mut resp = match sent {
             Err(_) => {
-                tracing::warn!(upstream = %upstream.authority, "upstream timed out");
+                tracing::warn!(upstream = %upstream.authority(), "upstream timed out");
                 return text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
             }
             Ok(Err(e)) => {
-                tracing::warn!(upstream = %upstream.authority, error = %e, "upstream request failed");
+                tracing::warn!(upstream = %upstream.authority(), error = %e, "upstream request failed");
                 return text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
             }
             Ok(Ok(r)) => r,
@@ -261,11 +227,7 @@ fn enrich(h: &mut http::HeaderMap, d: &Decision) {
     if let Ok(v) = HeaderValue::from_str(&d.client_ip.to_string()) {
         h.insert("x-ipgate-client-ip", v);
     }
-    let decision = match (d.action, d.verdict) {
-        (crate::config::Action::Allow, crate::config::Action::Block) => "dry_run_block",
-        (a, _) => a.as_str(),
-    };
-    h.insert("x-ipgate-decision", HeaderValue::from_static(decision));
+    h.insert("x-ipgate-decision", HeaderValue::from_static(d.outcome()));
     if let Some(score) = d.score() {
         h.insert("x-ipgate-score", HeaderValue::from(u16::from(score)));
     }

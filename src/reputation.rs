@@ -54,6 +54,105 @@ impl FromStr for Status {
     }
 }
 
+/// A reputation provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ProviderId {
+    /// IOCScout (remote, scarce quota).
+    Iocscout,
+    /// IPSwamp (remote).
+    Ipswamp,
+    /// The offline `file` provider (local, spends nothing).
+    File,
+}
+
+impl ProviderId {
+    /// Every provider, in a fixed order ([`ProviderId::index`]).
+    pub const ALL: [ProviderId; 3] = [ProviderId::Iocscout, ProviderId::Ipswamp, ProviderId::File];
+
+    /// The name used in config, output and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderId::Iocscout => "iocscout",
+            ProviderId::Ipswamp => "ipswamp",
+            ProviderId::File => "file",
+        }
+    }
+
+    /// Position in [`ProviderId::ALL`], for per-provider arrays.
+    pub fn index(self) -> usize {
+        match self {
+            ProviderId::Iocscout => 0,
+            ProviderId::Ipswamp => 1,
+            ProviderId::File => 2,
+        }
+    }
+
+    /// True for providers asked over the network (they spend quota; `skip_private`
+    /// applies to them).
+    pub fn is_remote(self) -> bool {
+        self != ProviderId::File
+    }
+}
+
+impl fmt::Display for ProviderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ProviderId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ProviderId::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown provider `{s}` (expected iocscout, ipswamp or file)"))
+    }
+}
+
+/// Who could not answer in a [`Lookup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorSource {
+    /// A provider failed (down, timeout, quota, refused key, bad answer).
+    Provider(ProviderId),
+    /// The whole look-up took longer than `lookup.timeout`.
+    Timeout,
+    /// The look-up task ended without an answer.
+    Failed,
+    /// Only the cache was asked and it holds nothing for the IP.
+    NotCached,
+    /// No provider is configured.
+    NoProvider,
+}
+
+impl ErrorSource {
+    /// The provider's name, or `timeout`, `lookup`, `cache`, `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorSource::Provider(p) => p.as_str(),
+            ErrorSource::Timeout => "timeout",
+            ErrorSource::Failed => "lookup",
+            ErrorSource::NotCached => "cache",
+            ErrorSource::NoProvider => "none",
+        }
+    }
+}
+
+impl fmt::Display for ErrorSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// Threat classes (IOCScout `threat.class`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -100,8 +199,8 @@ impl FromStr for ThreatClass {
 /// One provider's answer about one IP, normalized (SPEC §2.3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reputation {
-    /// Provider name: `iocscout`, `ipswamp` or `file`.
-    pub provider: String,
+    /// The provider that answered.
+    pub provider: ProviderId,
     pub status: Status,
     /// 0–100, when the provider gives one.
     pub score: Option<u8>,
@@ -124,9 +223,9 @@ pub struct Reputation {
 
 impl Reputation {
     /// An answer with nothing known, for `provider`.
-    pub fn unknown(provider: impl Into<String>) -> Self {
+    pub fn unknown(provider: ProviderId) -> Self {
         Reputation {
-            provider: provider.into(),
+            provider,
             status: Status::Unknown,
             score: None,
             classes: Vec::new(),
@@ -209,20 +308,33 @@ impl<'de> Deserialize<'de> for RawJson {
 pub struct Lookup {
     /// Answers, one per provider that answered.
     pub answers: Vec<Reputation>,
-    /// Providers that could not answer, with the reason (never containing a secret).
-    pub errors: Vec<(String, String)>,
+    /// Who could not answer, with the reason (never containing a secret).
+    pub errors: Vec<(ErrorSource, String)>,
     /// Whether every answer came from the cache.
     pub cached: bool,
-    /// Background mode: the look-up has started and nothing is known yet
-    /// (`lookup.on_miss` decides this request).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub pending: bool,
 }
 
 impl Lookup {
+    /// A look-up that failed for one reason.
+    pub fn failure(source: ErrorSource, message: impl Into<String>) -> Lookup {
+        Lookup {
+            errors: vec![(source, message.into())],
+            ..Lookup::default()
+        }
+    }
+
     /// True when no provider answered.
     pub fn is_empty(&self) -> bool {
         self.answers.is_empty()
+    }
+
+    /// True when `provider` was asked and could not answer.
+    pub fn failed_for(&self, provider: ProviderId) -> bool {
+        !self.answers.iter().any(|r| r.provider == provider)
+            && self
+                .errors
+                .iter()
+                .any(|(e, _)| *e == ErrorSource::Provider(provider))
     }
 
     /// True when a look-up was needed and no provider could answer
@@ -230,6 +342,16 @@ impl Lookup {
     pub fn failed(&self) -> bool {
         self.answers.is_empty() && !self.errors.is_empty()
     }
+}
+
+/// What a source gives for one IP.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// What is known (answers and errors).
+    Known(std::sync::Arc<Lookup>),
+    /// Background mode: the look-up has started and nothing is known yet
+    /// (`lookup.on_miss` decides this request).
+    Pending,
 }
 
 /// Where the gate gets reputation from. The providers and the cache implement it;
@@ -241,11 +363,8 @@ pub trait ReputationSource: Send + Sync + 'static {
     }
 
     /// Reputation for `ip`, looking it up when `allow_remote` (cache only otherwise).
-    fn lookup(
-        &self,
-        ip: IpAddr,
-        allow_remote: bool,
-    ) -> futures_util::future::BoxFuture<'_, std::sync::Arc<Lookup>>;
+    fn lookup(&self, ip: IpAddr, allow_remote: bool)
+    -> futures_util::future::BoxFuture<'_, Answer>;
 
     /// Reasons this source is not ready (a provider disabled, ...); empty when ready.
     fn problems(&self) -> Vec<String> {
@@ -267,13 +386,9 @@ impl ReputationSource for NoReputation {
         &self,
         _ip: IpAddr,
         _allow_remote: bool,
-    ) -> futures_util::future::BoxFuture<'_, std::sync::Arc<Lookup>> {
-        Box::pin(std::future::ready(std::sync::Arc::new(Lookup {
-            errors: vec![(
-                "none".to_string(),
-                "no reputation provider configured".to_string(),
-            )],
-            ..Lookup::default()
-        })))
+    ) -> futures_util::future::BoxFuture<'_, Answer> {
+        Box::pin(std::future::ready(Answer::Known(std::sync::Arc::new(
+            Lookup::failure(ErrorSource::NoProvider, "no reputation provider configured"),
+        ))))
     }
 }

@@ -21,15 +21,35 @@ use tower_layer::Layer;
 
 use crate::gate::Gate;
 use crate::layer::ClientIp;
-use crate::proxy::Proxy;
+use crate::proxy::{ConnSlot, Proxy};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
-    #[error("tls: {0}")]
-    Tls(String),
+    /// A `listen` address cannot be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// The certificate or key file cannot be read.
+    #[error("tls: cannot read {what} from {path}")]
+    TlsFile {
+        /// `certificates` or `a private key`.
+        what: &'static str,
+        path: String,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The certificate file holds no certificate.
+    #[error("tls: {0} holds no certificate")]
+    NoCertificate(String),
+    /// rustls refused the certificate and key.
+    #[error("tls: certificate and key do not fit")]
+    Tls(#[source] tokio_rustls::rustls::Error),
+    /// `upstream` is missing.
     #[error(
         "`upstream` is required to run the gateway (set it in the config, or use --upstream / IPGATE_UPSTREAM)"
     )]
@@ -67,19 +87,26 @@ pub fn tls_acceptor(cert: &str, key: &str) -> Result<TlsAcceptor, ServerError> {
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| ServerError::Tls(format!("cannot read certificates from {cert}: {e}")))?;
+        .map_err(|source| ServerError::TlsFile {
+            what: "certificates",
+            path: cert.to_string(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(ServerError::Tls(format!("{cert} holds no certificate")));
+        return Err(ServerError::NoCertificate(cert.to_string()));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| ServerError::Tls(format!("cannot read a private key from {key}: {e}")))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| ServerError::TlsFile {
+        what: "a private key",
+        path: key.to_string(),
+        source,
+    })?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .map_err(ServerError::Tls)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| ServerError::Tls(format!("certificate and key do not fit: {e}")))?;
+        .map_err(ServerError::Tls)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -104,12 +131,6 @@ impl Activity {
     }
 }
 
-/// The connection slot (of `max_connections`) a request's connection holds. An
-/// upgraded connection (WebSocket) takes it into its tunnel, so tunnels count against
-/// the limit and are waited for on shutdown.
-#[derive(Clone)]
-pub(crate) struct ConnSlot(#[allow(dead_code)] pub(crate) Arc<tokio::sync::OwnedSemaphorePermit>);
-
 /// Serves the gateway on `listeners` until `shutdown` resolves, then drains in-flight
 /// requests for at most `shutdown_grace`.
 pub async fn serve(
@@ -131,7 +152,7 @@ pub async fn serve(
         Some(t) => Some(tls_acceptor(&t.cert.0, &t.key.0)?),
         None => None,
     };
-    let proxy = Proxy::new(gate.clone(), tls.is_some());
+    let proxy = Proxy::new(tls.is_some());
     let mut accept_tasks = Vec::new();
     for listener in listeners {
         let addr = listener.local_addr().ok();
@@ -211,7 +232,7 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let cfg = gate.config();
     let mut peer_ip: IpAddr = peer.ip().to_canonical();
-    if cfg.client_ip.proxy_protocol && gate.live().resolver.is_trusted(peer_ip) {
+    if cfg.client_ip.proxy_protocol && gate.snapshot().resolver().is_trusted(peer_ip) {
         match crate::proxy_protocol::read_header(&mut stream, cfg.limits.header_read_timeout.0)
             .await
         {
@@ -260,7 +281,7 @@ async fn serve_io<I>(
     // Idle means no request started or finished: bytes alone (an HTTP/2 PING, say)
     // do not keep a connection open.
 
-    let guarded = gate.layer().layer(proxy);
+    let guarded = gate.layer().pinning().layer(proxy);
     let act = activity.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ClientIp(peer_ip));

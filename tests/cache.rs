@@ -72,7 +72,7 @@ async fn a_thousand_concurrent_requests_cost_one_call_per_provider() {
         .collect();
     for t in tasks {
         let d = t.await.unwrap();
-        assert_eq!(&*d.rule, "block-threats");
+        assert_eq!(d.rule(), "block-threats");
     }
     assert_eq!(emu.calls(Api::Iocscout), 1);
     assert_eq!(emu.calls(Api::Ipswamp), 1);
@@ -98,12 +98,12 @@ async fn waiters_that_give_up_do_not_cause_a_second_call() {
     .await;
     for _ in 0..5 {
         let d = g.decide(ip("198.51.100.2")).await;
-        assert_eq!(&*d.rule, "lookup-error");
+        assert_eq!(d.rule(), "lookup-error");
     }
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!((emu.calls(Api::Iocscout), emu.calls(Api::Ipswamp)), (1, 1));
     // The flight finished in the background and filled the cache.
-    assert_eq!(&*g.decide(ip("198.51.100.2")).await.rule, "default");
+    assert_eq!(g.decide(ip("198.51.100.2")).await.rule(), "default");
     assert_eq!((emu.calls(Api::Iocscout), emu.calls(Api::Ipswamp)), (1, 1));
 }
 
@@ -129,7 +129,7 @@ async fn a_daily_quota_of_three_allows_exactly_three_calls() {
     let mut refused = 0;
     for t in tasks {
         let d = t.await.unwrap();
-        if &*d.rule == "lookup-error" {
+        if d.rule() == "lookup-error" {
             refused += 1;
             assert!(d.reason.contains("daily quota of 3 spent"), "{}", d.reason);
         }
@@ -137,7 +137,10 @@ async fn a_daily_quota_of_three_allows_exactly_three_calls() {
     assert_eq!(emu.calls(Api::Iocscout), 3);
     assert_eq!(refused, 7);
     let cache = g.reputation_cache().unwrap();
-    assert_eq!(cache.quota_remaining(), vec![("iocscout", 0)]);
+    assert_eq!(
+        cache.quota_remaining(),
+        vec![(ipgate::ProviderId::Iocscout, 0)]
+    );
 }
 
 #[tokio::test]
@@ -150,7 +153,7 @@ async fn failures_are_remembered_for_error_ttl() {
     );
     let g = gate(&yaml).await;
     for _ in 0..20 {
-        assert_eq!(&*g.decide(ip("198.51.100.3")).await.rule, "lookup-error");
+        assert_eq!(g.decide(ip("198.51.100.3")).await.rule(), "lookup-error");
     }
     assert_eq!(
         emu.calls(Api::Iocscout),
@@ -163,7 +166,7 @@ async fn failures_are_remembered_for_error_ttl() {
         ip("198.51.100.3"),
         Answer::Json(iocscout_threat(90, &["attack"])),
     );
-    assert_eq!(&*g.decide(ip("198.51.100.3")).await.rule, "t");
+    assert_eq!(g.decide(ip("198.51.100.3")).await.rule(), "t");
     assert_eq!(emu.calls(Api::Iocscout), 2);
 }
 
@@ -212,7 +215,7 @@ async fn background_mode_decides_on_miss_now_and_uses_the_answer_next_time() {
     ))
     .await;
     let d = g.decide(ip("198.51.100.4")).await;
-    assert_eq!((&*d.rule, d.is_blocked()), ("lookup-pending", false));
+    assert_eq!((d.rule(), d.is_blocked()), ("lookup-pending", false));
     // Explaining a new client in background mode says what a request would get.
     let e = g.explain(ip("198.51.100.44"), true).await;
     assert_eq!((e.rule.as_str(), e.decision), ("lookup-pending", "allow"));
@@ -227,7 +230,7 @@ async fn background_mode_decides_on_miss_now_and_uses_the_answer_next_time() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let d = g.decide(ip("198.51.100.4")).await;
-    assert_eq!((&*d.rule, d.is_blocked()), ("block-threats", true));
+    assert_eq!((d.rule(), d.is_blocked()), ("block-threats", true));
     assert_eq!(emu.calls_for(Api::Iocscout, ip("198.51.100.4")), 1);
 }
 

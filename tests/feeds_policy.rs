@@ -50,9 +50,9 @@ async fn decisions_follow_the_feed_and_survive_bad_refreshes_and_restarts() {
         dir.path().join("cache.redb").display()
     );
     let g = gate(&yaml).await;
-    assert_eq!(&*g.decide(ip("198.51.100.1")).await.rule, "block-bad");
-    assert_eq!(&*g.decide(ip("2001:db8:bad:1::9")).await.rule, "block-bad");
-    assert_eq!(&*g.decide(ip("198.51.100.2")).await.rule, "default");
+    assert_eq!(g.decide(ip("198.51.100.1")).await.rule(), "block-bad");
+    assert_eq!(g.decide(ip("2001:db8:bad:1::9")).await.rule(), "block-bad");
+    assert_eq!(g.decide(ip("198.51.100.2")).await.rule(), "default");
     assert_eq!(
         g.explain(ip("198.51.100.1"), false).await.lists,
         vec!["bad".to_string()]
@@ -65,14 +65,14 @@ async fn decisions_follow_the_feed_and_survive_bad_refreshes_and_restarts() {
         .refresh_now(feeds.index_of("bad").unwrap())
         .await
         .unwrap();
-    assert_eq!(&*g.decide(ip("198.51.100.1")).await.rule, "default");
-    assert_eq!(&*g.decide(ip("198.51.100.2")).await.rule, "block-bad");
+    assert_eq!(g.decide(ip("198.51.100.1")).await.rule(), "default");
+    assert_eq!(g.decide(ip("198.51.100.2")).await.rule(), "block-bad");
 
     // Garbage: the refresh fails and the old list stays.
     *body.lock().unwrap() = "198.51.100.3\n<html>oops</html>\n".into();
     assert!(feeds.refresh_now(0).await.is_err());
-    assert_eq!(&*g.decide(ip("198.51.100.2")).await.rule, "block-bad");
-    assert_eq!(&*g.decide(ip("198.51.100.3")).await.rule, "default");
+    assert_eq!(g.decide(ip("198.51.100.2")).await.rule(), "block-bad");
+    assert_eq!(g.decide(ip("198.51.100.3")).await.rule(), "default");
     let status = &feeds.status()[0];
     assert!(
         status
@@ -91,7 +91,7 @@ async fn decisions_follow_the_feed_and_survive_bad_refreshes_and_restarts() {
     let _ = server.await;
     let g = gate(&yaml).await;
     assert_eq!(
-        &*g.decide(ip("198.51.100.2")).await.rule,
+        g.decide(ip("198.51.100.2")).await.rule(),
         "block-bad",
         "the stored copy was not used"
     );
@@ -107,7 +107,7 @@ async fn a_feed_that_never_loaded_makes_the_gate_unready() {
     let g = gate("lists:\n  feeds:\n    - { name: gone, source: 'http://127.0.0.1:9/list.txt' }\nrules:\n  - { name: b, when: { in_list: gone }, action: block }\n").await;
     let problems = g.readiness_problems();
     assert!(problems.iter().any(|p| p.contains("gone")), "{problems:?}");
-    assert_eq!(&*g.decide(ip("198.51.100.1")).await.rule, "default");
+    assert_eq!(g.decide(ip("198.51.100.1")).await.rule(), "default");
 }
 
 #[tokio::test]
@@ -121,10 +121,10 @@ async fn a_tor_feed_blocks_tor_without_any_provider() {
     ))
     .await;
     let d = g.decide(ip("198.51.100.9")).await;
-    assert_eq!((&*d.rule, d.is_blocked()), ("block-tor", true));
+    assert_eq!((d.rule(), d.is_blocked()), ("block-tor", true));
     assert!(d.reputation.is_none(), "no look-up was needed");
     // Not a Tor exit: the rule needs a provider, none is configured, on_error (allow) decides.
-    assert_eq!(&*g.decide(ip("198.51.100.11")).await.rule, "lookup-error");
+    assert_eq!(g.decide(ip("198.51.100.11")).await.rule(), "lookup-error");
 }
 
 #[tokio::test]
@@ -143,7 +143,7 @@ async fn a_tor_feed_saves_the_provider_call() {
         list.display()
     ))
     .await;
-    assert_eq!(&*g.decide(ip("198.51.100.9")).await.rule, "block-tor");
+    assert_eq!(g.decide(ip("198.51.100.9")).await.rule(), "block-tor");
     assert_eq!(
         emu.calls(Api::Iocscout),
         0,
@@ -151,6 +151,6 @@ async fn a_tor_feed_saves_the_provider_call() {
     );
     // Another client is looked up as usual (and the provider can say tor too).
     emu.set_iocscout(ip("198.51.100.20"), Answer::Json(iocscout_tor()));
-    assert_eq!(&*g.decide(ip("198.51.100.20")).await.rule, "block-tor");
+    assert_eq!(g.decide(ip("198.51.100.20")).await.rule(), "block-tor");
     assert_eq!(emu.calls(Api::Iocscout), 1);
 }

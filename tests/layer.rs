@@ -19,7 +19,7 @@ async fn serve(gate: ipgate::Gate, with_connect_info: bool) -> SocketAddr {
         .route(
             "/",
             get(|Extension(d): Extension<ipgate::Decision>| async move {
-                format!("{} {} {}", d.client_ip, d.action.as_str(), d.rule)
+                format!("{} {} {}", d.client_ip, d.action.as_str(), d.rule())
             }),
         )
         .layer(gate.layer());

@@ -392,13 +392,13 @@ async fn timeouts_use_the_provider_timeout() {
     for p in providers {
         let start = std::time::Instant::now();
         let e = p.lookup(ip("198.51.100.1")).await.unwrap_err();
-        assert_eq!(e, ProviderError::Timeout, "{}", p.name());
+        assert_eq!(e, ProviderError::Timeout, "{}", p.id());
         assert_eq!(e.outcome(), "timeout");
         let took = start.elapsed();
         assert!(
             took >= t && took < Duration::from_secs(3),
             "{}: {took:?}",
-            p.name()
+            p.id()
         );
         assert_eq!(p.availability(), Availability::Ready);
     }
@@ -711,7 +711,7 @@ fn build_skips_providers_without_a_key_with_one_warning() {
     let built =
         tracing::subscriber::with_default(subscriber, || build(&cfg, http_client().unwrap()))
             .unwrap();
-    let names: Vec<&str> = built.iter().map(|p| p.name()).collect();
+    let names: Vec<&str> = built.iter().map(|p| p.id().as_str()).collect();
     assert_eq!(names, ["file"]);
     let text = buf.text();
     let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
@@ -733,7 +733,7 @@ fn build_skips_providers_without_a_key_with_one_warning() {
         file: None,
     };
     let built = build(&cfg, http_client().unwrap()).unwrap();
-    let names: Vec<&str> = built.iter().map(|p| p.name()).collect();
+    let names: Vec<&str> = built.iter().map(|p| p.id().as_str()).collect();
     assert_eq!(names, ["iocscout", "ipswamp"]);
     assert_eq!(built[0].daily_quota(), Some(5));
     assert_eq!(built[1].daily_quota(), Some(1000));

@@ -151,7 +151,8 @@ async fn providers_are_asked_concurrently() {
     let e = gw.gate.explain(ip("198.51.100.20"), true).await;
     assert_eq!(e.rule, "both");
     assert!(
-        e.reputation.contains_key("iocscout") && e.reputation.contains_key("ipswamp"),
+        e.reputation.contains_key(&ipgate::ProviderId::Iocscout)
+            && e.reputation.contains_key(&ipgate::ProviderId::Ipswamp),
         "{e:?}"
     );
     gw.shutdown().await;

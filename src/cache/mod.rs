@@ -9,6 +9,7 @@
 pub mod key;
 pub mod quota;
 pub mod store;
+mod writer;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -20,11 +21,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{CacheConfig, Config, LookupMode};
 use crate::providers::{Availability, Provider, ProviderError};
-use crate::reputation::{Lookup, Reputation, ReputationSource};
+use crate::reputation::{Answer, ErrorSource, Lookup, ProviderId, Reputation, ReputationSource};
 
 pub use key::{IpKey, is_private};
 use quota::{Quota, utc_day};
 use store::{Store, StoreError, Write};
+use writer::{Writer, spawn_purger, spawn_writer};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -35,7 +37,7 @@ fn now_ms() -> u64 {
 /// One provider's part of an entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Part {
-    provider: String,
+    provider: ProviderId,
     /// Unix ms after which this part is stale.
     expires_ms: u64,
     result: PartResult,
@@ -50,21 +52,14 @@ enum PartResult {
     Skipped,
 }
 
-/// Index of a provider name in [`crate::config::PROVIDER_NAMES`].
-fn provider_index(name: &str) -> usize {
-    crate::config::PROVIDER_NAMES
-        .iter()
-        .position(|n| *n == name)
-        .unwrap_or(0)
-}
-
 /// What the cache holds for one key. A hit reads only this value (kept inline by the
 /// cache) and bumps one reference count: the expiries of each provider's part are
 /// here, the parts themselves are rebuilt from the shared `Lookup` when needed.
 #[derive(Debug, Clone)]
 struct Slot {
-    /// Unix ms until which each provider's part is fresh (0: no part), by provider index.
-    expires: [u64; 3],
+    /// Unix ms until which each provider's part is fresh (0: no part), by
+    /// [`ProviderId::index`].
+    expires: [u64; ProviderId::ALL.len()],
     /// The parts as a Lookup (cached = true), shared by every hit.
     lookup: Arc<Lookup>,
 }
@@ -75,12 +70,14 @@ impl Slot {
             cached: true,
             ..Lookup::default()
         };
-        let mut expires = [0u64; 3];
+        let mut expires = [0u64; ProviderId::ALL.len()];
         for p in parts {
-            expires[provider_index(&p.provider)] = p.expires_ms;
+            expires[p.provider.index()] = p.expires_ms;
             match &p.result {
                 PartResult::Answer(r) => lookup.answers.push(r.clone()),
-                PartResult::Error(e) => lookup.errors.push((p.provider.clone(), e.clone())),
+                PartResult::Error(e) => lookup
+                    .errors
+                    .push((ErrorSource::Provider(p.provider), e.clone())),
                 PartResult::Skipped => {}
             }
         }
@@ -91,20 +88,25 @@ impl Slot {
     }
 
     /// The part of `provider`, if the slot has one.
-    fn part(&self, provider: &str) -> Option<Part> {
-        let expires_ms = self.expires[provider_index(provider)];
+    fn part(&self, provider: ProviderId) -> Option<Part> {
+        let expires_ms = self.expires[provider.index()];
         if expires_ms == 0 {
             return None;
         }
         let result = if let Some(r) = self.lookup.answers.iter().find(|r| r.provider == provider) {
             PartResult::Answer(r.clone())
-        } else if let Some((_, e)) = self.lookup.errors.iter().find(|(p, _)| p == provider) {
+        } else if let Some((_, e)) = self
+            .lookup
+            .errors
+            .iter()
+            .find(|(p, _)| *p == ErrorSource::Provider(provider))
+        {
             PartResult::Error(e.clone())
         } else {
             PartResult::Skipped
         };
         Some(Part {
-            provider: provider.to_string(),
+            provider,
             expires_ms,
             result,
         })
@@ -124,12 +126,48 @@ pub enum CacheError {
 
 struct ProviderSlot {
     provider: Arc<dyn Provider>,
-    /// Index in `PROVIDER_NAMES` (where its expiry lives in a [`Slot`]).
-    index: usize,
+    id: ProviderId,
     quota: Option<Arc<Quota>>,
-    remote: bool,
     requests: [metrics::Counter; 6],
     quota_gauge: metrics::Gauge,
+}
+
+impl ProviderSlot {
+    /// The provider with its metrics and its daily quota (shared through `quotas`, so
+    /// a reload keeps what was spent today).
+    fn new(provider: Arc<dyn Provider>, quotas: &Mutex<HashMap<ProviderId, Arc<Quota>>>) -> Self {
+        let id = provider.id();
+        let today = utc_day(SystemTime::now());
+        let quota = provider.daily_quota().map(|limit| {
+            let mut quotas = quotas.lock().unwrap_or_else(|p| p.into_inner());
+            let q = match quotas.get(&id) {
+                Some(q) if q.limit() == limit => q.clone(),
+                other => Arc::new(Quota::new(
+                    limit,
+                    today,
+                    other.map_or(0, |q| q.spent(today)),
+                )),
+            };
+            quotas.insert(id, q.clone());
+            q
+        });
+        let name = id.as_str();
+        let requests = OUTCOMES.map(|o| {
+            metrics::counter!(crate::metrics::PROVIDER_REQUESTS, "provider" => name, "outcome" => o)
+        });
+        let quota_gauge =
+            metrics::gauge!(crate::metrics::PROVIDER_QUOTA_REMAINING, "provider" => name);
+        if let Some(q) = &quota {
+            quota_gauge.set(f64::from(q.remaining(today)));
+        }
+        ProviderSlot {
+            provider,
+            id,
+            quota,
+            requests,
+            quota_gauge,
+        }
+    }
 }
 
 const OUTCOMES: [&str; 6] = [
@@ -143,8 +181,6 @@ const OUTCOMES: [&str; 6] = [
 
 type Flight = futures_util::future::Shared<BoxFuture<'static, Arc<Lookup>>>;
 
-type Writer = std::sync::mpsc::Sender<(Write, Option<tokio::sync::oneshot::Sender<()>>)>;
-
 /// What survives a reload: the entries, the flights, the store and the quota counters.
 struct Kept {
     entries: quick_cache::sync::Cache<IpKey, Slot>,
@@ -153,7 +189,24 @@ struct Kept {
     path: Option<String>,
     max_entries: u64,
     ipv6_prefix: u8,
-    quotas: Mutex<HashMap<&'static str, Arc<Quota>>>,
+    quotas: Mutex<HashMap<ProviderId, Arc<Quota>>>,
+}
+
+/// Removes a key from the in-flight map when dropped: on completion, on error, when
+/// the flight is cancelled and when it panics. A flight can never pin its key.
+struct FlightGuard {
+    kept: Arc<Kept>,
+    key: IpKey,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.kept
+            .flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 struct Inner {
@@ -180,12 +233,79 @@ impl std::fmt::Debug for ReputationCache {
     }
 }
 
-/// The quota of a provider, from the configuration (None: unlimited).
-fn daily_quota(config: &Config, name: &str) -> Option<u32> {
-    match name {
-        "iocscout" => config.providers.iocscout.as_ref().map(|p| p.daily_quota),
-        "ipswamp" => config.providers.ipswamp.as_ref().map(|p| p.daily_quota),
-        _ => None,
+impl Kept {
+    /// The state kept for `cfg`: the previous cache's when nothing it depends on
+    /// changed, else a new one (with the store opened, or the same file's writer kept).
+    /// Returns the store when it was opened now (its entries are to be loaded).
+    fn for_config(
+        cfg: &CacheConfig,
+        previous: Option<&ReputationCache>,
+    ) -> Result<(Arc<Kept>, Option<Store>), CacheError> {
+        let path = cfg
+            .path
+            .as_ref()
+            .filter(|p| !p.0.is_empty())
+            .map(|p| p.0.clone());
+        let previous = previous.map(|p| &p.inner.shared);
+        if let Some(same) = previous.filter(|s| {
+            s.path == path && s.max_entries == cfg.max_entries && s.ipv6_prefix == cfg.ipv6_prefix
+        }) {
+            return Ok((same.clone(), None));
+        }
+        // The same file as before: keep its writer (the file stays open and locked by
+        // this process; opening it again would fail).
+        let same_file = previous.filter(|s| s.path.is_some() && s.path == path);
+        let store = match (&path, same_file) {
+            (Some(p), None) => Some(Store::open(std::path::Path::new(p))?),
+            _ => None,
+        };
+        let quotas = Self::quotas(previous, store.as_ref())?;
+        let capacity = usize::try_from(cfg.max_entries)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let entries = quick_cache::sync::Cache::new(capacity);
+        if let Some(old) = same_file.filter(|s| s.ipv6_prefix == cfg.ipv6_prefix) {
+            // Only the size changed: carry the entries over (as many as fit).
+            for (k, v) in old.entries.iter().take(capacity) {
+                entries.insert(k, v);
+            }
+        }
+        let writer = match same_file {
+            Some(s) => s.writer.clone(),
+            None => store.as_ref().map(|s| spawn_writer(s.clone())),
+        };
+        let kept = Arc::new(Kept {
+            entries,
+            flights: Mutex::new(HashMap::new()),
+            writer,
+            path,
+            max_entries: cfg.max_entries,
+            ipv6_prefix: cfg.ipv6_prefix,
+            quotas: Mutex::new(quotas),
+        });
+        Ok((kept, store))
+    }
+
+    /// Today's quota counters: carried over from the previous cache, raised to what the
+    /// store says was spent (a count never goes backwards).
+    fn quotas(
+        previous: Option<&Arc<Kept>>,
+        store: Option<&Store>,
+    ) -> Result<HashMap<ProviderId, Arc<Quota>>, CacheError> {
+        let mut quotas = previous
+            .map(|p| p.quotas.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default();
+        if let Some(st) = store {
+            for (name, (day, spent)) in st.load_quotas()? {
+                let Ok(id) = name.parse::<ProviderId>() else {
+                    tracing::warn!(provider = %name, "ignoring a stored quota of an unknown provider");
+                    continue;
+                };
+                let carried = quotas.get(&id).map_or(0, |q| q.spent(day));
+                quotas.insert(id, Arc::new(Quota::new(u32::MAX, day, spent.max(carried))));
+            }
+        }
+        Ok(quotas)
     }
 }
 
@@ -203,110 +323,22 @@ impl ReputationCache {
         if cfg.redis.as_ref().is_some_and(|r| !r.0.is_empty()) {
             return Err(CacheError::RedisUnsupported);
         }
-        let path = cfg
-            .path
-            .as_ref()
-            .filter(|p| !p.0.is_empty())
-            .map(|p| p.0.clone());
-        let today = utc_day(SystemTime::now());
-        let reuse = previous.map(|p| &p.inner.shared).filter(|s| {
-            s.path == path && s.max_entries == cfg.max_entries && s.ipv6_prefix == cfg.ipv6_prefix
-        });
-        let (shared, store) = match reuse {
-            Some(s) => (s.clone(), None),
-            None => {
-                // The same file as before: keep its writer (the file stays open and
-                // locked by this process; opening it again would fail).
-                let same_file = previous
-                    .map(|p| &p.inner.shared)
-                    .filter(|s| s.path.is_some() && s.path == path);
-                let store = match (&path, same_file) {
-                    (Some(p), None) => Some(Store::open(std::path::Path::new(p))?),
-                    _ => None,
-                };
-                let mut quotas: HashMap<&'static str, Arc<Quota>> = HashMap::new();
-                if let Some(prev) = previous {
-                    quotas = prev
-                        .inner
-                        .shared
-                        .quotas
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone();
-                }
-                if let Some(st) = &store {
-                    for (name, (day, spent)) in st.load_quotas()? {
-                        if let Some(n) = crate::config::PROVIDER_NAMES.iter().find(|n| **n == name)
-                        {
-                            let carried = quotas.get(n).map_or(0, |q| q.spent(day));
-                            quotas
-                                .insert(n, Arc::new(Quota::new(u32::MAX, day, spent.max(carried))));
-                        }
-                    }
-                }
-                let capacity = usize::try_from(cfg.max_entries)
-                    .unwrap_or(usize::MAX)
-                    .max(1);
-                let entries = quick_cache::sync::Cache::new(capacity);
-                if let Some(old) = same_file.filter(|s| s.ipv6_prefix == cfg.ipv6_prefix) {
-                    // Only the size changed: carry the entries over (as many as fit).
-                    for (k, v) in old.entries.iter().take(capacity) {
-                        entries.insert(k, v);
-                    }
-                }
-                let writer = match same_file {
-                    Some(s) => s.writer.clone(),
-                    None => store.as_ref().map(|s| spawn_writer(s.clone())),
-                };
-                let shared = Arc::new(Kept {
-                    entries,
-                    flights: Mutex::new(HashMap::new()),
-                    writer,
-                    path: path.clone(),
-                    max_entries: cfg.max_entries,
-                    ipv6_prefix: cfg.ipv6_prefix,
-                    quotas: Mutex::new(quotas),
-                });
-                (shared, store)
-            }
-        };
-        let providers: Vec<ProviderSlot> = providers
+        let (shared, store) = Kept::for_config(&cfg, previous)?;
+        let providers = providers
             .into_iter()
-            .map(|p| {
-                let name = p.name();
-                let quota = daily_quota(config, name).map(|limit| {
-                    let mut quotas = shared.quotas.lock().unwrap_or_else(|p| p.into_inner());
-                    let spent = quotas.get(name).map_or(0, |q| q.spent(today));
-                    let q = match quotas.get(name) {
-                        Some(q) if q.limit() == limit => q.clone(),
-                        _ => Arc::new(Quota::new(limit, today, spent)),
-                    };
-                    quotas.insert(name, q.clone());
-                    q
-                });
-                let requests = OUTCOMES.map(|o| {
-                    metrics::counter!(crate::metrics::PROVIDER_REQUESTS, "provider" => name, "outcome" => o)
-                });
-                let quota_gauge = metrics::gauge!(crate::metrics::PROVIDER_QUOTA_REMAINING, "provider" => name);
-                if let Some(q) = &quota {
-                    quota_gauge.set(f64::from(q.remaining(today)));
-                }
-                ProviderSlot { remote: name != "file", index: provider_index(name), provider: p, quota, requests, quota_gauge }
-            })
+            .map(|p| ProviderSlot::new(p, &shared.quotas))
             .collect();
-        let results = ["hit", "miss", "stale", "coalesced"]
-            .map(|r| metrics::counter!(crate::metrics::CACHE_LOOKUPS, "result" => r));
-        let inner = Inner {
-            shared,
-            providers,
-            skip_private: config.lookup.skip_private,
-            background: config.lookup.mode == LookupMode::Background,
-            cfg,
-            results,
-            entries_gauge: metrics::gauge!(crate::metrics::CACHE_ENTRIES),
-        };
         let cache = ReputationCache {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner {
+                shared,
+                providers,
+                skip_private: config.lookup.skip_private,
+                background: config.lookup.mode == LookupMode::Background,
+                cfg,
+                results: ["hit", "miss", "stale", "coalesced"]
+                    .map(|r| metrics::counter!(crate::metrics::CACHE_LOOKUPS, "result" => r)),
+                entries_gauge: metrics::gauge!(crate::metrics::CACHE_ENTRIES),
+            }),
         };
         if let Some(s) = &store {
             cache.load(s)?;
@@ -400,16 +432,12 @@ impl ReputationCache {
     }
 
     /// Look-ups left today per provider with a quota.
-    pub fn quota_remaining(&self) -> Vec<(&'static str, u32)> {
+    pub fn quota_remaining(&self) -> Vec<(ProviderId, u32)> {
         let today = utc_day(SystemTime::now());
         self.inner
             .providers
             .iter()
-            .filter_map(|s| {
-                s.quota
-                    .as_ref()
-                    .map(|q| (s.provider.name(), q.remaining(today)))
-            })
+            .filter_map(|s| s.quota.as_ref().map(|q| (s.id, q.remaining(today))))
             .collect()
     }
 
@@ -419,7 +447,7 @@ impl ReputationCache {
         self.inner
             .providers
             .iter()
-            .all(|s| slot.expires[s.index] > now)
+            .all(|s| slot.expires[s.id.index()] > now)
     }
 
     fn persist(&self, w: Write, ack: Option<tokio::sync::oneshot::Sender<()>>) {
@@ -440,15 +468,16 @@ impl ReputationCache {
         }
     }
 
-    /// Reputation for `ip`: the cache, else one flight to the providers.
-    pub async fn get(&self, ip: IpAddr, allow_remote: bool) -> Arc<Lookup> {
+    /// Reputation for `ip`: the cache, else one flight to the providers. Without
+    /// `allow_remote`, only what is stored (fresh or not) and local providers answer.
+    pub async fn get(&self, ip: IpAddr, allow_remote: bool) -> Answer {
         if let Some(l) = self.cached(ip) {
-            return l;
+            return Answer::Known(l);
         }
         let key = self.key(ip);
         let previous = self.inner.shared.entries.get(&key);
         if !allow_remote {
-            return previous.map(|e| e.lookup.clone()).unwrap_or_default();
+            return Answer::Known(self.local_only(ip, previous).await);
         }
         let (flight, joined) = {
             let mut flights = self
@@ -465,18 +494,24 @@ impl ReputationCache {
                     && self.fresh(&slot, now_ms()) =>
                 {
                     self.inner.results[0].increment(1);
-                    return slot.lookup;
+                    return Answer::Known(slot.lookup);
                 }
                 None => {
                     let me = self.clone();
                     let prev = previous.clone();
-                    let task = tokio::spawn(async move { me.fly(key, ip, prev).await });
+                    // Moved into the task: dropped when it ends, however it ends.
+                    let guard = FlightGuard {
+                        kept: self.inner.shared.clone(),
+                        key,
+                    };
+                    let task = tokio::spawn(async move {
+                        let _guard = guard;
+                        me.fly(key, ip, prev).await
+                    });
                     let f: Flight = async move {
-                        task.await.unwrap_or_else(|_| {
-                            Arc::new(Lookup {
-                                errors: vec![("cache".into(), "look-up task failed".into())],
-                                ..Lookup::default()
-                            })
+                        task.await.unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "a reputation look-up task failed");
+                            Arc::new(Lookup::failure(ErrorSource::Failed, "look-up task failed"))
                         })
                     }
                     .boxed()
@@ -499,15 +534,37 @@ impl ReputationCache {
             // better than none (a known threat stays blocked while it is refreshed);
             // without one, on_miss decides.
             drop(flight);
-            if let Some(prev) = previous.filter(|p| !p.lookup.answers.is_empty()) {
-                return prev.lookup;
-            }
-            return Arc::new(Lookup {
-                pending: true,
-                ..Lookup::default()
-            });
+            return match previous.filter(|p| !p.lookup.answers.is_empty()) {
+                Some(prev) => Answer::Known(prev.lookup),
+                None => Answer::Pending,
+            };
         }
-        flight.await
+        Answer::Known(flight.await)
+    }
+
+    /// What is known without a remote call: the stored entry (fresh or not), with the
+    /// local providers' answers (they spend nothing) asked when the entry lacks them.
+    async fn local_only(&self, ip: IpAddr, previous: Option<Slot>) -> Arc<Lookup> {
+        let stored = previous.map(|e| e.lookup).unwrap_or_default();
+        let missing: Vec<&ProviderSlot> = self
+            .inner
+            .providers
+            .iter()
+            .filter(|s| !s.id.is_remote() && !stored.answers.iter().any(|r| r.provider == s.id))
+            .collect();
+        if missing.is_empty() {
+            return stored;
+        }
+        let mut l = (*stored).clone();
+        for slot in missing {
+            match slot.provider.lookup(ip).await {
+                Ok(rep) => l.answers.push(rep),
+                Err(e) => l
+                    .errors
+                    .push((ErrorSource::Provider(slot.id), e.to_string())),
+            }
+        }
+        Arc::new(l)
     }
 
     /// One flight: asks every provider whose part is missing or stale, concurrently.
@@ -518,7 +575,7 @@ impl ReputationCache {
         let asks = inner.providers.iter().map(|slot| {
             let keep = previous
                 .as_ref()
-                .and_then(|e| e.part(slot.provider.name()))
+                .and_then(|e| e.part(slot.id))
                 .filter(|p| p.expires_ms > now);
             async move {
                 match keep {
@@ -535,12 +592,6 @@ impl ReputationCache {
         let entry = Slot::new(&parts);
         inner.shared.entries.insert(key, entry.clone());
         inner.entries_gauge.set(inner.shared.entries.len() as f64);
-        inner
-            .shared
-            .flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
         let mut l = (*entry.lookup).clone();
         l.cached = false;
         Arc::new(l)
@@ -548,15 +599,16 @@ impl ReputationCache {
 
     async fn ask(&self, slot: &ProviderSlot, ip: IpAddr) -> Part {
         let cfg = &self.inner.cfg;
-        let name = slot.provider.name();
+        let id = slot.id;
+        let name = id.as_str();
         let error_part = |msg: String| Part {
-            provider: name.to_string(),
+            provider: id,
             expires_ms: now_ms() + cfg.error_ttl.0.as_millis() as u64,
             result: PartResult::Error(msg),
         };
-        if slot.remote && self.inner.skip_private && is_private(ip) {
+        if id.is_remote() && self.inner.skip_private && is_private(ip) {
             return Part {
-                provider: name.to_string(),
+                provider: id,
                 expires_ms: now_ms() + cfg.ttl.0.as_millis() as u64,
                 result: PartResult::Skipped,
             };
@@ -592,7 +644,7 @@ impl ReputationCache {
                 slot.requests[0].increment(1);
                 let ttl = cfg.ttl_by_status.for_status(rep.status, cfg.ttl.0);
                 Part {
-                    provider: name.to_string(),
+                    provider: id,
                     expires_ms: now_ms() + ttl.as_millis() as u64,
                     result: PartResult::Answer(rep),
                 }
@@ -625,62 +677,11 @@ impl ReputationCache {
             .providers
             .iter()
             .filter_map(|s| match s.provider.availability() {
-                Availability::Disabled(why) => {
-                    Some(format!("provider {} disabled: {why}", s.provider.name()))
-                }
+                Availability::Disabled(why) => Some(format!("provider {} disabled: {why}", s.id)),
                 _ => None,
             })
             .collect()
     }
-}
-
-/// Removes expired rows from the store every hour, for as long as the cache lives.
-fn spawn_purger(kept: std::sync::Weak<Kept>) {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return;
-    }
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(3600));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let Some(kept) = kept.upgrade() else { return };
-            if let Some(w) = &kept.writer {
-                let _ = w.send((Write::PurgeExpired(now_ms()), None));
-            }
-        }
-    });
-}
-
-/// The store writer: batches writes into one transaction each, on a blocking thread.
-fn spawn_writer(store: Store) -> Writer {
-    let (tx, rx) = std::sync::mpsc::channel::<(Write, Option<tokio::sync::oneshot::Sender<()>>)>();
-    let spawned = std::thread::Builder::new()
-        .name("ipgate-cache-writer".into())
-        .spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut batch = vec![first];
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                    if batch.len() >= 1024 {
-                        break;
-                    }
-                }
-                let writes: Vec<Write> = batch.iter().map(|(w, _)| w.clone()).collect();
-                if let Err(e) = store.write(&writes) {
-                    tracing::error!(error = %e, "cache store write failed");
-                }
-                for (_, ack) in batch {
-                    if let Some(ack) = ack {
-                        let _ = ack.send(());
-                    }
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the cache writer; nothing will be persisted");
-    }
-    tx
 }
 
 impl ReputationSource for ReputationCache {
@@ -688,7 +689,7 @@ impl ReputationSource for ReputationCache {
         ReputationCache::cached(self, ip)
     }
 
-    fn lookup(&self, ip: IpAddr, allow_remote: bool) -> BoxFuture<'_, Arc<Lookup>> {
+    fn lookup(&self, ip: IpAddr, allow_remote: bool) -> BoxFuture<'_, Answer> {
         Box::pin(self.get(ip, allow_remote))
     }
 

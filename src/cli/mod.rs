@@ -144,11 +144,12 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 /// Loads and fully checks a configuration file (including files it names).
 pub(crate) fn load(path: &Path) -> Result<Config, Failure> {
     let cfg = Config::from_file(path).map_err(|e| Failure::Config(anyhow::Error::new(e)))?;
-    ipgate::block_page::BlockPage::from_config(&cfg.block_response)
-        .map_err(|e| Failure::Config(anyhow::anyhow!("{}: {e}", path.display())))?;
+    ipgate::BlockPage::from_config(&cfg.block_response)
+        .map_err(|e| Failure::Config(anyhow::Error::new(e).context(path.display().to_string())))?;
     if let Some(tls) = &cfg.tls {
-        ipgate::server::tls_acceptor(&tls.cert.0, &tls.key.0)
-            .map_err(|e| Failure::Config(anyhow::anyhow!("{}: {e}", path.display())))?;
+        ipgate::server::tls_acceptor(&tls.cert.0, &tls.key.0).map_err(|e| {
+            Failure::Config(anyhow::Error::new(e).context(path.display().to_string()))
+        })?;
     }
     Ok(cfg)
 }
@@ -169,9 +170,9 @@ async fn check(path: &Path, ip: &str, lookup: bool, json: bool) -> Result<(), Fa
         Ok(g) => g,
         // A running gateway holds the store: read-only questions go on without it (and
         // say so); a look-up would spend quota the gateway cannot count, so it is refused.
-        Err(ipgate::GateError::Cache(ipgate::cache::CacheError::Store(
-            ipgate::cache::store::StoreError::Locked { path: store },
-        ))) => {
+        Err(ipgate::GateError::Cache(ipgate::CacheError::Store(ipgate::StoreError::Locked {
+            path: store,
+        }))) => {
             if lookup {
                 return Err(Failure::Runtime(anyhow::anyhow!(
                     "cache.path {store} is held by a running gateway: --lookup would spend quota it cannot count; ask the gateway instead: GET /v1/decision?ip={ip}&lookup=true on its admin API"

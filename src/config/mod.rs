@@ -20,7 +20,7 @@ pub use scalar::{
     Addr, Cidr, Dur, Pos, Reference, SecretText, Text, Url, normalize_net, parse_cidr, parse_url,
 };
 
-use crate::reputation::{Status, ThreatClass};
+use crate::reputation::{ProviderId, Status, ThreatClass};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -139,19 +139,6 @@ pub enum HeaderSource {
     CfConnectingIp,
     #[serde(rename = "none")]
     None,
-}
-
-impl HeaderSource {
-    /// The header's name, lower case (None for `none`).
-    pub fn header_name(self) -> Option<&'static str> {
-        match self {
-            HeaderSource::XForwardedFor => Some("x-forwarded-for"),
-            HeaderSource::Forwarded => Some("forwarded"),
-            HeaderSource::XRealIp => Some("x-real-ip"),
-            HeaderSource::CfConnectingIp => Some("cf-connecting-ip"),
-            HeaderSource::None => None,
-        }
-    }
 }
 
 /// Reputation providers.
@@ -476,9 +463,6 @@ pub struct ReloadConfig {
     pub watch: bool,
 }
 
-/// The provider names a rule may name with `provider:`.
-pub const PROVIDER_NAMES: [&str; 3] = ["iocscout", "ipswamp", "file"];
-
 impl Config {
     /// Reads and validates a configuration file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
@@ -656,25 +640,6 @@ impl Config {
             issues.push(ConfigIssue::keyed("lookup.timeout", "must be more than 0"));
         }
     }
-
-    /// Whether any rule needs reputation (a provider look-up).
-    pub fn needs_reputation(&self) -> bool {
-        self.rules
-            .iter()
-            .any(|r| condition_needs_reputation(&r.value.when))
-    }
-}
-
-fn condition_needs_reputation(c: &Condition) -> bool {
-    !c.status.is_empty()
-        || c.score_above.is_some()
-        || !c.class.is_empty()
-        || c.tor.is_some()
-        || c.vpn.is_some()
-        || c.scanner.is_some()
-        || !c.country.is_empty()
-        || !c.asn.is_empty()
-        || c.not.as_deref().is_some_and(condition_needs_reputation)
 }
 
 fn check_condition(
@@ -698,13 +663,8 @@ fn check_condition(
             );
         }
     }
-    if let Some(p) = &c.provider
-        && !PROVIDER_NAMES.contains(&p.as_str())
-    {
-        report(
-            format!("{key}.provider"),
-            format!("unknown provider `{p}` (expected iocscout, ipswamp or file)"),
-        );
+    if let Some(Err(e)) = c.provider.as_deref().map(str::parse::<ProviderId>) {
+        report(format!("{key}.provider"), e);
     }
     if let Some(s) = c.score_above
         && s > 100

@@ -107,7 +107,6 @@ fn listen_one_or_many_and_conditions_one_or_many() {
         c.rules[1].value.when.status,
         vec![Status::Safe, Status::Unknown]
     );
-    assert!(c.needs_reputation());
 }
 
 #[test]

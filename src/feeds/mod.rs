@@ -33,26 +33,9 @@ pub use parse::{ParseError, parse};
 use fetch::{Fetched, FileStamp, Limits, Source, Validators};
 use store::Store;
 
-/// Metric names (see [`crate::metrics`]): networks in the list in use; refreshes by
-/// result (`ok`, `not_modified`, `error`, the load at start included); seconds since the
-/// list in use was last confirmed by its source (absent while never loaded).
-pub use crate::metrics::{
+use crate::metrics::{
     FEED_AGE as FEED_AGE_SECONDS, FEED_ENTRIES, FEED_REFRESH as FEED_REFRESH_TOTAL,
 };
-
-/// Registers the descriptions of the feed metrics with the installed recorder.
-pub fn describe_metrics() {
-    metrics::describe_gauge!(FEED_ENTRIES, "Networks in each feed.");
-    metrics::describe_counter!(
-        FEED_REFRESH_TOTAL,
-        "Feed refreshes by result (ok, not_modified, error)."
-    );
-    metrics::describe_gauge!(
-        FEED_AGE_SECONDS,
-        metrics::Unit::Seconds,
-        "Seconds since each feed was last confirmed by its source."
-    );
-}
 
 /// The age gauge is refreshed at least this often, whatever the refresh interval.
 const AGE_TICK: Duration = Duration::from_secs(60);

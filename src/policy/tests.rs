@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
-use crate::reputation::Reputation;
+use crate::reputation::{ErrorSource, Reputation};
 
 struct Facts {
     lists: Vec<Vec<IpAddr>>,
@@ -55,7 +55,7 @@ fn facts() -> Facts {
 }
 
 fn rep(f: impl FnOnce(&mut Reputation)) -> Lookup {
-    let mut r = Reputation::unknown("iocscout");
+    let mut r = Reputation::unknown(ProviderId::Iocscout);
     f(&mut r);
     Lookup {
         answers: vec![r],
@@ -66,16 +66,19 @@ fn rep(f: impl FnOnce(&mut Reputation)) -> Lookup {
 fn decide(p: &Policy, addr: &str, l: &Lookup) -> (String, Action) {
     let facts = facts();
     let out = match p.evaluate(ip(addr), &facts, None, 0, None) {
-        Ok(o) => o,
-        Err(i) => p.evaluate(ip(addr), &facts, Some(l), i, None).unwrap(),
+        Evaluation::Decided(o) => o,
+        Evaluation::NeedsReputation { from } => {
+            match p.evaluate(ip(addr), &facts, Some(l), from, None) {
+                Evaluation::Decided(o) => o,
+                e => panic!("still needs reputation: {e:?}"),
+            }
+        }
     };
-    let action = match out {
-        Outcome::Rule { action, .. }
-        | Outcome::Default(action)
-        | Outcome::LookupFailed { action, .. }
-        | Outcome::Pending(action) => action,
-    };
-    (p.rule_name(&out).to_string(), action)
+    match out {
+        Outcome::Rule { index, action } => (p.rules()[index].name.to_string(), action),
+        Outcome::Default(action) => ("default".into(), action),
+        Outcome::LookupFailed { action, .. } => ("lookup-error".into(), action),
+    }
 }
 
 #[test]
@@ -84,7 +87,7 @@ fn local_list_decides_without_lookup() {
     let out = p.evaluate(ip("192.0.2.1"), &facts(), None, 0, None);
     assert_eq!(
         out,
-        Ok(Outcome::Rule {
+        Evaluation::Decided(Outcome::Rule {
             index: 0,
             action: Action::Allow
         })
@@ -96,7 +99,7 @@ fn first_reputation_rule_asks_for_a_lookup() {
     let p = policy();
     assert_eq!(
         p.evaluate(ip("203.0.113.5"), &facts(), None, 0, None),
-        Err(1)
+        Evaluation::NeedsReputation { from: 1 }
     );
 }
 
@@ -173,7 +176,7 @@ fn provider_restricts_to_that_answer() {
     let a = "203.0.113.5";
     let ioc_60 = rep(|r| r.score = Some(60));
     assert_eq!(decide(&p, a, &ioc_60).0, "default");
-    let mut sw = Reputation::unknown("ipswamp");
+    let mut sw = Reputation::unknown(ProviderId::Ipswamp);
     sw.score = Some(60);
     let l = Lookup {
         answers: vec![sw],
@@ -202,7 +205,10 @@ fn not_negates() {
 fn failed_lookup_goes_to_on_error() {
     let p = policy();
     let failed = Lookup {
-        errors: vec![("iocscout".into(), "timeout".into())],
+        errors: vec![(
+            ErrorSource::Provider(ProviderId::Iocscout),
+            "timeout".into(),
+        )],
         ..Lookup::default()
     };
     assert_eq!(
@@ -224,11 +230,12 @@ fn trace_records_each_step() {
     let l = rep(|r| r.status = Status::Threat);
     let mut trace = Vec::new();
     let facts = facts();
-    let i = p
-        .evaluate(ip("203.0.113.5"), &facts, None, 0, Some(&mut trace))
-        .unwrap_err();
-    p.evaluate(ip("203.0.113.5"), &facts, Some(&l), i, Some(&mut trace))
-        .unwrap();
+    let Evaluation::NeedsReputation { from } =
+        p.evaluate(ip("203.0.113.5"), &facts, None, 0, Some(&mut trace))
+    else {
+        panic!("the first reputation rule must ask for a look-up");
+    };
+    p.evaluate(ip("203.0.113.5"), &facts, Some(&l), from, Some(&mut trace));
     let results: Vec<_> = trace.iter().map(|s| (s.rule.as_str(), s.result)).collect();
     assert_eq!(
         results,
@@ -246,8 +253,8 @@ fn a_rule_naming_a_failed_provider_goes_to_on_error() {
     let p = policy();
     // IPSwamp failed, IOCScout answered: the IPSwamp-only rule cannot be decided.
     let l = Lookup {
-        answers: vec![Reputation::unknown("iocscout")],
-        errors: vec![("ipswamp".into(), "timeout".into())],
+        answers: vec![Reputation::unknown(ProviderId::Iocscout)],
+        errors: vec![(ErrorSource::Provider(ProviderId::Ipswamp), "timeout".into())],
         ..Lookup::default()
     };
     assert_eq!(
@@ -265,9 +272,9 @@ fn not_inherits_the_provider() {
     .unwrap();
     let p = Policy::compile(&cfg, &|_| None);
     // IPSwamp says safe, IOCScout says threat: IOCScout's answer is not safe, so block.
-    let mut ioc = Reputation::unknown("iocscout");
+    let mut ioc = Reputation::unknown(ProviderId::Iocscout);
     ioc.status = Status::Threat;
-    let mut sw = Reputation::unknown("ipswamp");
+    let mut sw = Reputation::unknown(ProviderId::Ipswamp);
     sw.status = Status::Safe;
     let l = Lookup {
         answers: vec![ioc, sw],

@@ -23,7 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{Availability, Provider, ProviderBuildError, ProviderError};
 use crate::config::parse_cidr;
-use crate::reputation::{Reputation, Status, ThreatClass};
+use crate::reputation::{ProviderId, Reputation, Status, ThreatClass};
 
 /// The provider's name.
 pub const NAME: &str = "file";
@@ -60,7 +60,7 @@ pub struct FileEntry {
 impl FileEntry {
     fn to_reputation(&self) -> Reputation {
         Reputation {
-            provider: NAME.to_string(),
+            provider: ProviderId::File,
             status: self.status,
             score: self.score,
             classes: self.classes.clone(),
@@ -207,15 +207,15 @@ fn yaml_error(e: &serde_saphyr::Error) -> String {
 }
 
 impl Provider for FileProvider {
-    fn name(&self) -> &'static str {
-        NAME
+    fn id(&self) -> ProviderId {
+        ProviderId::File
     }
 
     fn lookup(&self, ip: IpAddr) -> BoxFuture<'_, Result<Reputation, ProviderError>> {
         let rep = self
             .get(ip)
             .cloned()
-            .unwrap_or_else(|| Reputation::unknown(NAME));
+            .unwrap_or_else(|| Reputation::unknown(ProviderId::File));
         Box::pin(std::future::ready(Ok(rep)))
     }
 
@@ -275,10 +275,10 @@ mod tests {
         let p = FileProvider::parse(YAML, false).unwrap();
         assert_eq!(
             p.lookup(ip("192.0.2.1")).await.unwrap(),
-            Reputation::unknown("file")
+            Reputation::unknown(ProviderId::File)
         );
         let r = p.lookup(ip("203.0.113.7")).await.unwrap();
-        assert_eq!(r.provider, "file");
+        assert_eq!(r.provider, ProviderId::File);
         assert_eq!(p.availability(), Availability::Ready);
     }
 

@@ -17,7 +17,7 @@ use super::{
     log_failure, send,
 };
 use crate::config::IocscoutConfig;
-use crate::reputation::{Reputation, Status, ThreatClass};
+use crate::reputation::{ProviderId, Reputation, Status, ThreatClass};
 
 /// The provider's name.
 pub const NAME: &str = "iocscout";
@@ -107,8 +107,8 @@ impl Iocscout {
 }
 
 impl Provider for Iocscout {
-    fn name(&self) -> &'static str {
-        NAME
+    fn id(&self) -> ProviderId {
+        ProviderId::Iocscout
     }
 
     fn lookup(&self, ip: IpAddr) -> BoxFuture<'_, Result<Reputation, ProviderError>> {
@@ -169,7 +169,7 @@ pub fn normalize(resp: &Response, raw: Value) -> Reputation {
     let known = resp.known.as_ref();
     let net = resp.net.as_ref();
     Reputation {
-        provider: NAME.to_string(),
+        provider: ProviderId::Iocscout,
         status: status_of(resp.status.as_deref()),
         score: lenient::score(threat.and_then(|t| t.score)),
         classes,
@@ -506,7 +506,7 @@ mod tests {
     #[test]
     fn documented_example_normalizes() {
         let rep = decode(DOC_EXAMPLE.as_bytes()).unwrap();
-        assert_eq!(rep.provider, "iocscout");
+        assert_eq!(rep.provider, ProviderId::Iocscout);
         assert_eq!(rep.status, Status::Threat);
         assert_eq!(rep.score, Some(75));
         assert_eq!(

@@ -19,7 +19,7 @@ use super::{
     Secret, log_failure, send,
 };
 use crate::config::{IpswampAuth, IpswampConfig};
-use crate::reputation::{Reputation, Status};
+use crate::reputation::{ProviderId, Reputation, Status};
 
 /// The provider's name.
 pub const NAME: &str = "ipswamp";
@@ -148,8 +148,8 @@ impl Ipswamp {
 }
 
 impl Provider for Ipswamp {
-    fn name(&self) -> &'static str {
-        NAME
+    fn id(&self) -> ProviderId {
+        ProviderId::Ipswamp
     }
 
     fn lookup(&self, ip: IpAddr) -> BoxFuture<'_, Result<Reputation, ProviderError>> {
@@ -240,7 +240,7 @@ pub fn normalize(resp: &Response, whitelisted: bool, raw: Value) -> Reputation {
     };
     let non_empty = |s: Option<&String>| s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     Reputation {
-        provider: NAME.to_string(),
+        provider: ProviderId::Ipswamp,
         status,
         score: lenient::score(details.and_then(|d| d.score)),
         classes: Vec::new(),
@@ -422,7 +422,7 @@ mod tests {
         assert!(resp.ip_info.is_none());
 
         let r = rep(raw.clone());
-        assert_eq!(r.provider, "ipswamp");
+        assert_eq!(r.provider, ProviderId::Ipswamp);
         assert_eq!(r.status, Status::Threat);
         assert_eq!(r.score, Some(85));
         assert_eq!(r.last_seen, Some(T));

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 
-use crate::reputation::Reputation;
+use crate::reputation::{ProviderId, Reputation};
 
 pub use file::FileProvider;
 pub use iocscout::Iocscout;
@@ -39,8 +39,8 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// A source of reputation for single IPs. `Debug` output never shows an API key.
 pub trait Provider: Send + Sync + std::fmt::Debug + 'static {
-    /// `iocscout`, `ipswamp` or `file`.
-    fn name(&self) -> &'static str;
+    /// Which provider this is.
+    fn id(&self) -> ProviderId;
 
     /// Looks `ip` up (IPv4-mapped IPv6 is looked up as IPv4). Never retries; while the
     /// provider is disabled or cooling down, fails at once without a network call.

@@ -1,0 +1,202 @@
+//! What the gate decided for one request, and what decided it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::config::Action;
+use crate::reputation::Lookup;
+
+/// What decided a request, in the order of decision (see docs/configuration.md,
+/// "Order of decision").
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecidedBy {
+    /// A temporary ban (admin API).
+    Ban,
+    /// `lists.allow`.
+    AllowList,
+    /// `lists.block`.
+    BlockList,
+    /// The client address could not be resolved (bad forwarding header, no peer).
+    InvalidClientIp,
+    /// A rule of the policy: its position in `rules` and its name.
+    Rule {
+        /// Position in `rules` (0-based).
+        index: usize,
+        /// The rule's `name`.
+        name: Arc<str>,
+    },
+    /// No rule applied: `default`.
+    Default,
+    /// A rule needed reputation, none was available, and no later rule applied:
+    /// `lookup.on_error`.
+    LookupError,
+    /// Background look-up started; `lookup.on_miss` decided meanwhile.
+    LookupPending,
+}
+
+impl DecidedBy {
+    /// The kinds that are not rules, in counter order.
+    pub(crate) const FIXED: [DecidedBy; 7] = [
+        DecidedBy::Ban,
+        DecidedBy::AllowList,
+        DecidedBy::BlockList,
+        DecidedBy::InvalidClientIp,
+        DecidedBy::Default,
+        DecidedBy::LookupError,
+        DecidedBy::LookupPending,
+    ];
+
+    /// The `rule` name reported in logs, metrics, block pages and the admin API.
+    pub fn name(&self) -> &str {
+        match self {
+            DecidedBy::Ban => "ban",
+            DecidedBy::AllowList => "allow-list",
+            DecidedBy::BlockList => "block-list",
+            DecidedBy::InvalidClientIp => "invalid-client-ip",
+            DecidedBy::Rule { name, .. } => name,
+            DecidedBy::Default => "default",
+            DecidedBy::LookupError => "lookup-error",
+            DecidedBy::LookupPending => "lookup-pending",
+        }
+    }
+
+    /// A dense index: the fixed kinds first, then rule `i` at `FIXED.len() + i`.
+    pub(crate) fn slot(&self) -> usize {
+        match self {
+            DecidedBy::Ban => 0,
+            DecidedBy::AllowList => 1,
+            DecidedBy::BlockList => 2,
+            DecidedBy::InvalidClientIp => 3,
+            DecidedBy::Default => 4,
+            DecidedBy::LookupError => 5,
+            DecidedBy::LookupPending => 6,
+            DecidedBy::Rule { index, .. } => Self::FIXED.len() + index,
+        }
+    }
+
+    /// The verdicts this kind can give (no metric series for impossible pairs).
+    pub(crate) fn can(&self, verdict: Action) -> bool {
+        match self {
+            DecidedBy::Ban | DecidedBy::BlockList | DecidedBy::InvalidClientIp => {
+                verdict == Action::Block
+            }
+            DecidedBy::AllowList => verdict == Action::Allow,
+            _ => true,
+        }
+    }
+}
+
+impl fmt::Display for DecidedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the gate decided for one request, and why. The layer puts it into the request
+/// extensions; handlers read it as an extractor (`ipgate::Decision`) or with
+/// `Extension<Decision>`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Decision {
+    /// The client IP the decision is about (canonical: IPv4-mapped IPv6 is IPv4).
+    pub client_ip: IpAddr,
+    /// What is enforced: in `dry_run` mode always `Allow`.
+    pub action: Action,
+    /// What the policy said.
+    pub verdict: Action,
+    /// What decided.
+    pub by: DecidedBy,
+    /// Human-readable reason (for operators: logs and the admin API).
+    pub reason: Arc<str>,
+    /// The reputation consulted, if a rule needed it.
+    pub reputation: Option<Arc<Lookup>>,
+}
+
+impl Decision {
+    /// True when the request is to be refused.
+    pub fn is_blocked(&self) -> bool {
+        self.action == Action::Block
+    }
+
+    /// The rule name: a rule's `name`, or `ban`, `allow-list`, `block-list`,
+    /// `invalid-client-ip`, `default`, `lookup-error`, `lookup-pending`.
+    pub fn rule(&self) -> &str {
+        self.by.name()
+    }
+
+    /// `allow`, `block`, or `dry_run_block` (the policy said block; dry_run let it pass).
+    pub fn outcome(&self) -> &'static str {
+        match (self.action, self.verdict) {
+            (Action::Allow, Action::Block) => "dry_run_block",
+            (a, _) => a.as_str(),
+        }
+    }
+
+    /// The highest score any provider gave.
+    pub fn score(&self) -> Option<u8> {
+        self.reputation
+            .as_ref()?
+            .answers
+            .iter()
+            .filter_map(|r| r.score)
+            .max()
+    }
+
+    /// The first country any provider gave.
+    pub fn country(&self) -> Option<&str> {
+        self.reputation
+            .as_ref()?
+            .answers
+            .iter()
+            .find_map(|r| r.country.as_deref())
+    }
+
+    /// The reason a blocked client may be shown: provider errors and operator notes
+    /// (a ban's reason) stay in logs and the admin API.
+    pub fn public_reason(&self) -> &str {
+        match self.by {
+            DecidedBy::LookupError => "reputation unavailable",
+            _ => &self.reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_dense_and_names_stable() {
+        for (i, k) in DecidedBy::FIXED.iter().enumerate() {
+            assert_eq!(k.slot(), i);
+        }
+        let r = DecidedBy::Rule {
+            index: 2,
+            name: Arc::from("block-tor"),
+        };
+        assert_eq!(r.slot(), DecidedBy::FIXED.len() + 2);
+        assert_eq!(r.to_string(), "block-tor");
+        let names: Vec<&str> = DecidedBy::FIXED.iter().map(|k| k.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "ban",
+                "allow-list",
+                "block-list",
+                "invalid-client-ip",
+                "default",
+                "lookup-error",
+                "lookup-pending"
+            ]
+        );
+    }
+
+    #[test]
+    fn impossible_pairs() {
+        assert!(!DecidedBy::AllowList.can(Action::Block));
+        assert!(!DecidedBy::BlockList.can(Action::Allow));
+        assert!(DecidedBy::Default.can(Action::Block));
+    }
+}

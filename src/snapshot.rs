@@ -1,0 +1,520 @@
+//! One configuration's worth of state, and the decision made on it.
+//!
+//! A [`Snapshot`] is everything a request reads: the configuration, the client-IP
+//! resolver, the lists, the compiled policy, the feeds, the reputation source, the
+//! block page and the upstream. The gate swaps whole snapshots on reload; a request
+//! takes one at its start and keeps it to its end (the layer hands it to the proxy as a
+//! [`Pinned`] extension), so a reload in the middle of a look-up never mixes two
+//! policies, and the request is forwarded with the settings it was decided under.
+//!
+//! Deciding has two steps: [`Snapshot::decide_now`] does everything that needs no
+//! waiting (bans, lists, local facts, a fresh cached answer); only when a rule needs
+//! reputation that is not cached does [`Snapshot::decide_after_lookup`] wait for it.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use metrics::{Counter, Histogram};
+
+use crate::bans::Bans;
+use crate::block_page::BlockPage;
+use crate::cache::ReputationCache;
+use crate::client_ip::ClientIpResolver;
+use crate::config::{Action, Config, Mode};
+use crate::decision::{DecidedBy, Decision};
+use crate::feeds::Feeds;
+use crate::lists::IpSet;
+use crate::policy::{Evaluation, LocalFacts, Outcome, Policy, TraceStep};
+use crate::reputation::{Answer, ErrorSource, Lookup, ReputationSource};
+use crate::upstream::Upstream;
+
+/// Decision counters, registered once per configuration so the hot path only
+/// increments. Indexed by [`DecidedBy::slot`], then allow / block / dry_run_block;
+/// impossible pairs have no series.
+struct Counters {
+    slots: Vec<[Option<Counter>; 3]>,
+    lookup_failures: Counter,
+    seconds: Histogram,
+}
+
+impl Counters {
+    fn new(kinds: &[DecidedBy], dry_run: bool) -> Counters {
+        let slots = kinds
+            .iter()
+            .map(|by| {
+                let c = |verdict: Action, label: &'static str| {
+                    by.can(verdict).then(|| {
+                        metrics::counter!(crate::metrics::REQUESTS, "decision" => label, "rule" => by.name().to_string())
+                    })
+                };
+                [
+                    c(Action::Allow, "allow"),
+                    c(Action::Block, "block").filter(|_| !dry_run),
+                    c(Action::Block, "dry_run_block").filter(|_| dry_run),
+                ]
+            })
+            .collect();
+        Counters {
+            slots,
+            lookup_failures: metrics::counter!(crate::metrics::LOOKUP_FAILURES),
+            seconds: metrics::histogram!(crate::metrics::DECISION_SECONDS),
+        }
+    }
+
+    fn count(&self, by: &DecidedBy, verdict: Action, dry_run: bool) {
+        let column = match (verdict, dry_run) {
+            (Action::Allow, _) => 0,
+            (Action::Block, false) => 1,
+            (Action::Block, true) => 2,
+        };
+        if let Some(Some(c)) = self.slots.get(by.slot()).map(|s| &s[column]) {
+            c.increment(1);
+        }
+    }
+}
+
+/// What the synchronous step leaves to do.
+pub(crate) enum Step {
+    /// Decided without waiting.
+    Done(Decision),
+    /// Rule `from` needs reputation that must be waited for.
+    Lookup {
+        ip: IpAddr,
+        from: usize,
+        started: Option<Instant>,
+    },
+}
+
+/// The snapshot a request was decided on, carried in its extensions to the proxy.
+#[derive(Clone)]
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+pub(crate) struct Pinned(pub(crate) Arc<Snapshot>);
+
+/// Everything a decision reads, swapped as a whole on reload.
+pub(crate) struct Snapshot {
+    config: Arc<Config>,
+    resolver: ClientIpResolver,
+    allow: IpSet,
+    block: IpSet,
+    policy: Policy,
+    feeds: Feeds,
+    source: Arc<dyn ReputationSource>,
+    cache: Option<ReputationCache>,
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    block_page: BlockPage,
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    upstream: Option<Upstream>,
+    bans: Bans,
+    counters: Counters,
+    /// `DecidedBy::Rule` of each rule, and the reason it gives (shared, not rebuilt).
+    rules: Vec<(DecidedBy, Arc<str>)>,
+    /// The reason of each fixed kind, by slot.
+    fixed_reasons: [Arc<str>; 7],
+    dry_run: bool,
+}
+
+/// The parts a snapshot is built from.
+pub(crate) struct Parts {
+    pub config: Config,
+    pub source: Arc<dyn ReputationSource>,
+    pub cache: Option<ReputationCache>,
+    pub feeds: Feeds,
+    pub block_page: BlockPage,
+    pub upstream: Option<Upstream>,
+    pub bans: Bans,
+}
+
+impl Snapshot {
+    pub(crate) fn new(p: Parts) -> Snapshot {
+        let config = p.config;
+        let resolver = ClientIpResolver::new(
+            config.client_ip.trusted_proxies.iter().map(|c| c.0),
+            config.client_ip.header,
+        );
+        let policy = Policy::compile(&config, &|name| p.feeds.index_of(name));
+        let rules: Vec<(DecidedBy, Arc<str>)> = policy
+            .rules()
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                (
+                    DecidedBy::Rule {
+                        index,
+                        name: r.name.clone(),
+                    },
+                    Arc::from(format!("matched rule `{}`", r.name)),
+                )
+            })
+            .collect();
+        let dry_run = config.mode == Mode::DryRun;
+        let kinds: Vec<DecidedBy> = DecidedBy::FIXED
+            .iter()
+            .cloned()
+            .chain(rules.iter().map(|(by, _)| by.clone()))
+            .collect();
+        Snapshot {
+            counters: Counters::new(&kinds, dry_run),
+            fixed_reasons: DecidedBy::FIXED.clone().map(|k| Arc::from(k.name())),
+            allow: config.lists.allow.iter().map(|c| c.0).collect(),
+            block: config.lists.block.iter().map(|c| c.0).collect(),
+            config: Arc::new(config),
+            resolver,
+            policy,
+            feeds: p.feeds,
+            source: p.source,
+            cache: p.cache,
+            block_page: p.block_page,
+            upstream: p.upstream,
+            bans: p.bans,
+            rules,
+            dry_run,
+        }
+    }
+
+    pub(crate) fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn resolver(&self) -> &ClientIpResolver {
+        &self.resolver
+    }
+
+    pub(crate) fn feeds(&self) -> &Feeds {
+        &self.feeds
+    }
+
+    pub(crate) fn source(&self) -> &Arc<dyn ReputationSource> {
+        &self.source
+    }
+
+    pub(crate) fn cache(&self) -> Option<&ReputationCache> {
+        self.cache.as_ref()
+    }
+
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn block_page(&self) -> &BlockPage {
+        &self.block_page
+    }
+
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn upstream(&self) -> Option<&Upstream> {
+        self.upstream.as_ref()
+    }
+
+    /// Resolves the client IP of a request, then decides on this snapshot alone.
+    pub(crate) async fn decide_request(&self, peer: IpAddr, headers: &http::HeaderMap) -> Decision {
+        let started = sample_timing().then(Instant::now);
+        let ip = match self.resolver.resolve(peer, headers) {
+            Ok(ip) => ip.to_canonical(),
+            Err(e) => {
+                tracing::info!(peer = %peer, error = %e, "request refused: invalid client IP");
+                return self.refuse_invalid(peer.to_canonical(), Arc::from(e.to_string()));
+            }
+        };
+        self.decide_started(ip, started).await
+    }
+
+    /// Decides for a client IP.
+    pub(crate) async fn decide(&self, ip: IpAddr) -> Decision {
+        let started = sample_timing().then(Instant::now);
+        self.decide_started(ip.to_canonical(), started).await
+    }
+
+    async fn decide_started(&self, ip: IpAddr, started: Option<Instant>) -> Decision {
+        match self.decide_now(ip, started) {
+            Step::Done(d) => d,
+            Step::Lookup { ip, from, started } => self.decide_after_lookup(ip, from, started).await,
+        }
+    }
+
+    /// Everything that needs no waiting: bans, lists, local facts and a fresh cached
+    /// reputation.
+    pub(crate) fn decide_now(&self, ip: IpAddr, started: Option<Instant>) -> Step {
+        if let Some((by, reason)) = self.list_step(ip) {
+            return Step::Done(self.finish(ip, by, reason, None, started));
+        }
+        match self.policy.evaluate(ip, &self.feeds, None, 0, None) {
+            Evaluation::Decided(outcome) => {
+                let (by, reason) = self.outcome(&outcome, None);
+                Step::Done(self.finish(ip, by, reason, None, started))
+            }
+            Evaluation::NeedsReputation { from } => match self.source.cached(ip) {
+                Some(l) => Step::Done(self.with_answer(ip, from, Answer::Known(l), started)),
+                None => Step::Lookup { ip, from, started },
+            },
+        }
+    }
+
+    /// Waits for the look-up (bounded by `lookup.timeout`), then decides from rule `from`.
+    pub(crate) async fn decide_after_lookup(
+        &self,
+        ip: IpAddr,
+        from: usize,
+        started: Option<Instant>,
+    ) -> Decision {
+        let answer = self.lookup(ip).await;
+        self.with_answer(ip, from, answer, started)
+    }
+
+    fn with_answer(
+        &self,
+        ip: IpAddr,
+        from: usize,
+        answer: Answer,
+        started: Option<Instant>,
+    ) -> Decision {
+        let (by, reason, rep) = self.after_answer(ip, from, answer, None);
+        self.finish(ip, by, reason, rep, started)
+    }
+
+    /// What rules `from..` say given the answer (a pending answer leaves it to
+    /// `lookup.on_miss`).
+    pub(crate) fn after_answer(
+        &self,
+        ip: IpAddr,
+        from: usize,
+        answer: Answer,
+        trace: Option<&mut Vec<TraceStep>>,
+    ) -> (DecidedBy, Arc<str>, Option<Arc<Lookup>>) {
+        match answer {
+            Answer::Pending => {
+                let by = DecidedBy::LookupPending;
+                let reason = self.fixed_reasons[by.slot()].clone();
+                (by, reason, None)
+            }
+            Answer::Known(l) => {
+                let outcome = match self.policy.evaluate(ip, &self.feeds, Some(&l), from, trace) {
+                    Evaluation::Decided(o) => o,
+                    // Evaluation with reputation at hand always decides.
+                    Evaluation::NeedsReputation { .. } => Outcome::Default(self.config.default),
+                };
+                let (by, reason) = self.outcome(&outcome, Some(&l));
+                (by, reason, Some(l))
+            }
+        }
+    }
+
+    /// Bans, `lists.allow`, `lists.block`, in that order.
+    pub(crate) fn list_step(&self, ip: IpAddr) -> Option<(DecidedBy, Arc<str>)> {
+        if let Some(ban) = self.bans.find(ip) {
+            let reason = if ban.reason.is_empty() {
+                format!("banned ({})", ban.cidr)
+            } else {
+                ban.reason
+            };
+            return Some((DecidedBy::Ban, Arc::from(reason)));
+        }
+        let fixed = |by: DecidedBy| {
+            let reason = self.fixed_reasons[by.slot()].clone();
+            Some((by, reason))
+        };
+        if self.allow.contains(ip) {
+            return fixed(DecidedBy::AllowList);
+        }
+        if self.block.contains(ip) {
+            return fixed(DecidedBy::BlockList);
+        }
+        None
+    }
+
+    /// The verdict, what decided and why, for an outcome of the rules.
+    fn outcome(&self, outcome: &Outcome, rep: Option<&Lookup>) -> (DecidedBy, Arc<str>) {
+        match *outcome {
+            Outcome::Rule { index, .. } => match self.rules.get(index) {
+                Some((by, reason)) => (by.clone(), reason.clone()),
+                None => (
+                    DecidedBy::Default,
+                    self.fixed_reasons[DecidedBy::Default.slot()].clone(),
+                ),
+            },
+            Outcome::Default(_) => (
+                DecidedBy::Default,
+                self.fixed_reasons[DecidedBy::Default.slot()].clone(),
+            ),
+            Outcome::LookupFailed { index, action } => {
+                self.counters.lookup_failures.increment(1);
+                let why = rep
+                    .map(|l| {
+                        l.errors
+                            .iter()
+                            .map(|(p, e)| format!("{p}: {e}"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    })
+                    .unwrap_or_default();
+                let rule_name = self.rules.get(index).map_or("", |(by, _)| by.name());
+                tracing::info!(rule = %rule_name, errors = %why, action = action.as_str(), "no reputation available; lookup.on_error decides");
+                (
+                    DecidedBy::LookupError,
+                    Arc::from(format!(
+                        "rule `{rule_name}` needs reputation and none is available ({why})"
+                    )),
+                )
+            }
+        }
+    }
+
+    /// The verdict each kind of decision gives.
+    fn verdict(&self, by: &DecidedBy) -> Action {
+        match by {
+            DecidedBy::Ban | DecidedBy::BlockList | DecidedBy::InvalidClientIp => Action::Block,
+            DecidedBy::AllowList => Action::Allow,
+            DecidedBy::Rule { index, .. } => self
+                .policy
+                .rules()
+                .get(*index)
+                .map_or(self.config.default, |r| r.action),
+            DecidedBy::Default => self.config.default,
+            DecidedBy::LookupError => self.config.lookup.on_error,
+            DecidedBy::LookupPending => self.config.lookup.on_miss,
+        }
+    }
+
+    /// Counts, times and builds the decision.
+    fn finish(
+        &self,
+        ip: IpAddr,
+        by: DecidedBy,
+        reason: Arc<str>,
+        reputation: Option<Arc<Lookup>>,
+        started: Option<Instant>,
+    ) -> Decision {
+        let d = self.build(ip, by, reason, reputation);
+        self.counters.count(&d.by, d.verdict, self.dry_run);
+        if let Some(started) = started {
+            self.counters
+                .seconds
+                .record(started.elapsed().as_secs_f64());
+        }
+        if d.verdict == Action::Block {
+            tracing::debug!(ip = %ip, rule = %d.by, dry_run = self.dry_run, "blocked");
+        }
+        d
+    }
+
+    /// The decision, uncounted: in dry_run mode nothing is blocked.
+    pub(crate) fn build(
+        &self,
+        ip: IpAddr,
+        by: DecidedBy,
+        reason: Arc<str>,
+        reputation: Option<Arc<Lookup>>,
+    ) -> Decision {
+        let verdict = self.verdict(&by);
+        Decision {
+            client_ip: ip,
+            action: if self.dry_run { Action::Allow } else { verdict },
+            verdict,
+            by,
+            reason,
+            reputation,
+        }
+    }
+
+    /// The `invalid-client-ip` decision: refused (fail closed), counted; never blocks
+    /// in dry_run mode.
+    pub(crate) fn refuse_invalid(&self, client_ip: IpAddr, reason: Arc<str>) -> Decision {
+        self.finish(client_ip, DecidedBy::InvalidClientIp, reason, None, None)
+    }
+
+    /// Asks the reputation source, bounded by `lookup.timeout`.
+    pub(crate) async fn lookup(&self, ip: IpAddr) -> Answer {
+        let timeout = self.config.lookup.timeout.0;
+        match tokio::time::timeout(timeout, self.source.lookup(ip, true)).await {
+            Ok(a) => a,
+            Err(_) => Answer::Known(Arc::new(Lookup::failure(
+                ErrorSource::Timeout,
+                format!(
+                    "timed out after {}",
+                    crate::config::format_duration(timeout)
+                ),
+            ))),
+        }
+    }
+
+    /// Reasons this snapshot is not ready (empty when ready).
+    pub(crate) fn readiness_problems(&self) -> Vec<String> {
+        let mut problems = self.source.problems();
+        problems.extend(
+            self.feeds
+                .not_loaded()
+                .into_iter()
+                .map(|f| format!("feed {f} never loaded")),
+        );
+        problems
+    }
+
+    /// Lists that contain `ip`: `ban`, `allow`, `block`, then feed names.
+    pub(crate) fn lists_containing(&self, ip: IpAddr) -> Vec<String> {
+        let mut lists = Vec::new();
+        if self.bans.find(ip).is_some() {
+            lists.push("ban".to_string());
+        }
+        if self.allow.contains(ip) {
+            lists.push("allow".to_string());
+        }
+        if self.block.contains(ip) {
+            lists.push("block".to_string());
+        }
+        lists.extend(self.feeds.names_containing(ip));
+        lists
+    }
+
+    /// Evaluates the rules for `ip` without reputation (for explaining).
+    pub(crate) fn evaluate_local(&self, ip: IpAddr, trace: &mut Vec<TraceStep>) -> Evaluation {
+        self.policy.evaluate(ip, &self.feeds, None, 0, Some(trace))
+    }
+
+    /// The verdict and reason of an outcome decided on local facts (for explaining).
+    pub(crate) fn local_outcome(&self, outcome: &Outcome) -> (DecidedBy, Arc<str>) {
+        self.outcome(outcome, None)
+    }
+}
+
+#[cfg(test)]
+impl Snapshot {
+    /// A snapshot of the default configuration, with no provider and no feed.
+    pub(crate) fn for_tests() -> Arc<Snapshot> {
+        let config = Config::default();
+        Arc::new(Snapshot::new(Parts {
+            block_page: BlockPage::from_config(&config.block_response)
+                .unwrap_or_else(|e| panic!("default block page: {e}")),
+            config,
+            source: Arc::new(crate::reputation::NoReputation),
+            cache: None,
+            feeds: Feeds::empty(),
+            upstream: None,
+            bans: Bans::default(),
+        }))
+    }
+}
+
+/// One decision in this many is timed for `ipgate_decision_seconds`.
+pub const TIMING_SAMPLE: u32 = 16;
+
+thread_local! {
+    static DECISIONS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// True for one call in [`TIMING_SAMPLE`] on each thread.
+#[inline]
+fn sample_timing() -> bool {
+    DECISIONS.with(|n| {
+        let v = n.get().wrapping_add(1);
+        n.set(v);
+        v % TIMING_SAMPLE == 0
+    })
+}
+
+impl LocalFacts for Feeds {
+    #[inline]
+    fn in_list(&self, index: usize, ip: IpAddr) -> bool {
+        self.contains(index, ip)
+    }
+    #[inline]
+    fn tagged(&self, tag: crate::config::FeedTag, ip: IpAddr) -> bool {
+        self.has_tag(tag, ip)
+    }
+}

@@ -1,0 +1,102 @@
+//! Where allowed requests go: the `upstream` URL, parsed once per configuration.
+
+use http::Uri;
+use http::uri::{Authority, PathAndQuery, Scheme};
+
+/// Why an `upstream` URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// Not a URI at all.
+    #[error("upstream `{url}` is not a URL")]
+    Invalid {
+        url: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// No `http://` or `https://`.
+    #[error("upstream `{0}` has no scheme (use http:// or https://)")]
+    NoScheme(String),
+    /// No host.
+    #[error("upstream `{0}` has no host")]
+    NoHost(String),
+}
+
+/// The upstream: scheme, authority and an optional path prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    /// Path prefix of the upstream URL ("" for none).
+    base_path: String,
+}
+
+impl Upstream {
+    /// Parses `http://host:port[/prefix]`.
+    pub(crate) fn parse(url: &str) -> Result<Upstream, UpstreamError> {
+        let uri: Uri = url.parse().map_err(|source| UpstreamError::Invalid {
+            url: url.to_string(),
+            source,
+        })?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| UpstreamError::NoScheme(url.to_string()))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| UpstreamError::NoHost(url.to_string()))?;
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        Ok(Upstream {
+            scheme,
+            authority,
+            base_path,
+        })
+    }
+
+    /// The upstream's authority (its `Host` when `preserve_host` is false).
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The upstream URI for a request's path and query.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn uri_for(&self, pq: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+        let pq = pq.map_or("/", |p| p.as_str());
+        let full = if self.base_path.is_empty() {
+            pq.to_string()
+        } else {
+            format!("{}{pq}", self.base_path)
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(full)
+            .build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn prefix_and_errors() {
+        let u = Upstream::parse("http://127.0.0.1:3000/app/").unwrap();
+        let pq: PathAndQuery = "/x?y=1".parse().unwrap();
+        assert_eq!(
+            u.uri_for(Some(&pq)).unwrap().to_string(),
+            "http://127.0.0.1:3000/app/x?y=1"
+        );
+        assert!(matches!(
+            Upstream::parse("/only/a/path"),
+            Err(UpstreamError::NoScheme(_))
+        ));
+        assert!(matches!(
+            Upstream::parse("http://exa mple"),
+            Err(UpstreamError::Invalid { .. })
+        ));
+    }
+}
