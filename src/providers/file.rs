@@ -25,9 +25,6 @@ use super::{Availability, Provider, ProviderBuildError, ProviderError};
 use crate::config::parse_cidr;
 use crate::reputation::{ProviderId, Reputation, Status, ThreatClass};
 
-/// The provider's name.
-pub const NAME: &str = "file";
-
 /// One entry of the file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

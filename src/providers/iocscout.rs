@@ -4,123 +4,64 @@
 //! error is stripped of its URL and redacted.
 
 use std::fmt;
-use std::net::IpAddr;
-use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::http::{Decoded, Http, HttpApi};
 use super::lenient;
-use super::{
-    Availability, Gatekeeper, Provider, ProviderBuildError, ProviderError, Refusal, Secret,
-    log_failure, send,
-};
+use super::{ProviderBuildError, ProviderError};
 use crate::config::IocscoutConfig;
 use crate::reputation::{ProviderId, Reputation, Status, ThreatClass};
 
-/// The provider's name.
-pub const NAME: &str = "iocscout";
-
 /// The IOCScout client.
 pub struct Iocscout {
-    url: reqwest::Url,
-    key: Secret,
+    http: Http,
     real_time: bool,
-    timeout: Duration,
-    daily_quota: u32,
-    client: reqwest::Client,
-    gate: Gatekeeper,
 }
 
 impl fmt::Debug for Iocscout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Iocscout")
-            .field("base_url", &self.key.redact(self.url.as_str()))
-            .field("api_key", &self.key)
-            .field("real_time", &self.real_time)
-            .field("timeout", &self.timeout)
-            .field("daily_quota", &self.daily_quota)
-            .field("availability", &self.gate.availability())
-            .finish()
+        let extra = [("real_time", &self.real_time as &dyn fmt::Debug)];
+        self.http.fmt_debug(f, "Iocscout", "base_url", &extra)
     }
 }
 
 impl Iocscout {
     /// A client for `cfg` (its `api_key` should be non-empty; see [`super::build`]).
     pub fn new(cfg: &IocscoutConfig, client: reqwest::Client) -> Result<Self, ProviderBuildError> {
-        let key = Secret::new(cfg.api_key.0.trim());
-        let url =
-            reqwest::Url::parse(&cfg.base_url.0).map_err(|e| ProviderBuildError::BaseUrl {
-                provider: NAME,
-                message: key.redact(&format!("`{}`: {e}", cfg.base_url.0)),
-            })?;
+        let base = &cfg.base_url.0;
+        let (timeout, quota) = (cfg.timeout.0, cfg.daily_quota);
         Ok(Iocscout {
-            url,
-            key,
+            http: Http::new(
+                ProviderId::Iocscout,
+                &cfg.api_key.0,
+                base,
+                base,
+                timeout,
+                quota,
+                client,
+            )?,
             real_time: cfg.real_time,
-            timeout: cfg.timeout.0,
-            daily_quota: cfg.daily_quota,
-            client,
-            gate: Gatekeeper::default(),
         })
-    }
-
-    async fn fetch(&self, ip: IpAddr) -> Result<Reputation, ProviderError> {
-        self.gate.check()?;
-        let ip = ip.to_canonical().to_string();
-        let mut query: Vec<(&str, &str)> = vec![("apiKey", self.key.expose()), ("ip", &ip)];
-        if self.real_time {
-            query.push(("realTimeData", "1"));
-        }
-        let req = self
-            .client
-            .get(self.url.clone())
-            .query(&query)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .timeout(self.timeout);
-        let ans = send(req, &self.key)
-            .await
-            .inspect_err(|e| log_failure(NAME, e))?;
-        if !(200..300).contains(&ans.status) {
-            let refusal = Refusal {
-                provider: NAME,
-                gate: &self.gate,
-                secret: &self.key,
-            };
-            return Err(refusal.classify(&ans, false));
-        }
-        let rep = decode(&ans.body)
-            .map_err(|e| match e {
-                ProviderError::Decode(m) => ProviderError::Decode(self.key.redact(&m)),
-                other => other,
-            })
-            .inspect_err(|e| log_failure(NAME, e))?;
-        tracing::debug!(
-            provider = NAME,
-            status = ans.status,
-            outcome = "ok",
-            "look-up answered"
-        );
-        Ok(rep)
     }
 }
 
-impl Provider for Iocscout {
-    fn id(&self) -> ProviderId {
-        ProviderId::Iocscout
+impl HttpApi for Iocscout {
+    fn http(&self) -> &Http {
+        &self.http
     }
 
-    fn lookup(&self, ip: IpAddr) -> BoxFuture<'_, Result<Reputation, ProviderError>> {
-        Box::pin(self.fetch(ip))
+    fn request(&self, req: reqwest::RequestBuilder, ip: &str) -> reqwest::RequestBuilder {
+        let mut query = vec![("apiKey", self.http.key.expose()), ("ip", ip)];
+        if self.real_time {
+            query.push(("realTimeData", "1"));
+        }
+        req.query(&query)
     }
 
-    fn availability(&self) -> Availability {
-        self.gate.availability()
-    }
-
-    fn daily_quota(&self) -> Option<u32> {
-        Some(self.daily_quota)
+    fn decode_ok(body: &[u8]) -> Result<Decoded, ProviderError> {
+        decode(body).map(Decoded::Reputation)
     }
 }
 

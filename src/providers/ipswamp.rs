@@ -5,184 +5,99 @@
 //! (SPEC §2.3): see [`normalize`].
 
 use std::fmt;
-use std::net::IpAddr;
-use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use super::http::Decoded;
+use super::http::{Http, HttpApi, RawAnswer, error_message};
 use super::lenient;
-use super::{
-    Availability, Gatekeeper, Provider, ProviderBuildError, ProviderError, RawAnswer, Refusal,
-    Secret, log_failure, send,
-};
+use super::{ProviderBuildError, ProviderError};
 use crate::config::{IpswampAuth, IpswampConfig};
 use crate::reputation::{ProviderId, Reputation, Status};
-
-/// The provider's name.
-pub const NAME: &str = "ipswamp";
 
 /// The words of IPSwamp's 403 that mean "quota spent", not "bad key".
 pub const USAGE_LIMIT_MESSAGE: &str = "Usage limit exceeded";
 
 /// The IPSwamp client.
 pub struct Ipswamp {
-    url: reqwest::Url,
-    key: Secret,
+    http: Http,
     auth: IpswampAuth,
     auth_header: (HeaderName, HeaderValue),
     detailed: bool,
-    timeout: Duration,
-    daily_quota: u32,
-    client: reqwest::Client,
-    gate: Gatekeeper,
 }
 
 impl fmt::Debug for Ipswamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ipswamp")
-            .field("url", &self.key.redact(self.url.as_str()))
-            .field("api_key", &self.key)
-            .field("auth", &self.auth)
-            .field("detailed", &self.detailed)
-            .field("timeout", &self.timeout)
-            .field("daily_quota", &self.daily_quota)
-            .field("availability", &self.gate.availability())
-            .finish()
+        let extra: [(&str, &dyn fmt::Debug); 2] =
+            [("auth", &self.auth), ("detailed", &self.detailed)];
+        self.http.fmt_debug(f, "Ipswamp", "url", &extra)
     }
 }
 
 impl Ipswamp {
     /// A client for `cfg` (its `api_key` should be non-empty; see [`super::build`]).
     pub fn new(cfg: &IpswampConfig, client: reqwest::Client) -> Result<Self, ProviderBuildError> {
-        let key = Secret::new(cfg.api_key.0.trim());
-        let endpoint = format!("{}/checkIP", cfg.base_url.0.trim_end_matches('/'));
-        let url = reqwest::Url::parse(&endpoint).map_err(|e| ProviderBuildError::BaseUrl {
-            provider: NAME,
-            message: key.redact(&format!("`{}`: {e}", cfg.base_url.0)),
-        })?;
+        let base = &cfg.base_url.0;
+        let endpoint = format!("{}/checkIP", base.trim_end_matches('/'));
+        let (timeout, quota) = (cfg.timeout.0, cfg.daily_quota);
+        let http = Http::new(
+            ProviderId::Ipswamp,
+            &cfg.api_key.0,
+            base,
+            &endpoint,
+            timeout,
+            quota,
+            client,
+        )?;
+        let key = http.key.expose();
         let (name, value) = match cfg.auth {
-            IpswampAuth::Bearer => (
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {}", key.expose()),
-            ),
-            IpswampAuth::Header => (
-                HeaderName::from_static("x-api-key"),
-                key.expose().to_string(),
-            ),
+            IpswampAuth::Bearer => (reqwest::header::AUTHORIZATION, format!("Bearer {key}")),
+            IpswampAuth::Header => (HeaderName::from_static("x-api-key"), key.to_string()),
         };
-        let mut value = HeaderValue::from_str(&value)
-            .map_err(|_| ProviderBuildError::ApiKey { provider: NAME })?;
+        let mut value = HeaderValue::from_str(&value).map_err(|_| ProviderBuildError::ApiKey {
+            provider: ProviderId::Ipswamp,
+        })?;
         value.set_sensitive(true);
         Ok(Ipswamp {
-            url,
-            key,
+            http,
             auth: cfg.auth,
             auth_header: (name, value),
             detailed: cfg.detailed,
-            timeout: cfg.timeout.0,
-            daily_quota: cfg.daily_quota,
-            client,
-            gate: Gatekeeper::default(),
         })
-    }
-
-    async fn fetch(&self, ip: IpAddr) -> Result<Reputation, ProviderError> {
-        self.gate.check()?;
-        let ip = ip.to_canonical().to_string();
-        let mut query: Vec<(&str, &str)> = vec![("ip", &ip)];
-        if self.detailed {
-            query.push(("detailed", "true"));
-        }
-        let req = self
-            .client
-            .get(self.url.clone())
-            .query(&query)
-            .header(self.auth_header.0.clone(), self.auth_header.1.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .timeout(self.timeout);
-        let ans = send(req, &self.key)
-            .await
-            .inspect_err(|e| log_failure(NAME, e))?;
-        let refusal = Refusal {
-            provider: NAME,
-            gate: &self.gate,
-            secret: &self.key,
-        };
-        if !(200..300).contains(&ans.status) {
-            return Err(refusal.classify(&ans, is_usage_limit(ans.status, &ans.body)));
-        }
-        match decode(&ans.body) {
-            Ok(Decoded::Reputation(rep)) => {
-                tracing::debug!(
-                    provider = NAME,
-                    status = ans.status,
-                    outcome = "ok",
-                    "look-up answered"
-                );
-                Ok(rep)
-            }
-            Ok(Decoded::ErrorBody { status }) => {
-                // A 200 carrying `{"error": true, "statusCode": N, ...}`: read it as status N.
-                let as_status = RawAnswer {
-                    status,
-                    retry_after: ans.retry_after,
-                    body: ans.body,
-                };
-                let quota = is_usage_limit(status, &as_status.body);
-                Err(refusal.classify(&as_status, quota))
-            }
-            Err(ProviderError::Decode(m)) => {
-                let e = ProviderError::Decode(self.key.redact(&m));
-                log_failure(NAME, &e);
-                Err(e)
-            }
-            Err(e) => {
-                log_failure(NAME, &e);
-                Err(e)
-            }
-        }
     }
 }
 
-impl Provider for Ipswamp {
-    fn id(&self) -> ProviderId {
-        ProviderId::Ipswamp
+impl HttpApi for Ipswamp {
+    fn http(&self) -> &Http {
+        &self.http
     }
 
-    fn lookup(&self, ip: IpAddr) -> BoxFuture<'_, Result<Reputation, ProviderError>> {
-        Box::pin(self.fetch(ip))
+    fn request(&self, req: reqwest::RequestBuilder, ip: &str) -> reqwest::RequestBuilder {
+        let mut query = vec![("ip", ip)];
+        if self.detailed {
+            query.push(("detailed", "true"));
+        }
+        let (name, value) = &self.auth_header;
+        req.query(&query).header(name.clone(), value.clone())
     }
 
-    fn availability(&self) -> Availability {
-        self.gate.availability()
+    fn decode_ok(body: &[u8]) -> Result<Decoded, ProviderError> {
+        decode(body)
     }
 
-    fn daily_quota(&self) -> Option<u32> {
-        Some(self.daily_quota)
+    fn quota_spent(ans: &RawAnswer) -> bool {
+        is_usage_limit(ans.status, &ans.body)
     }
 }
 
 /// IPSwamp's spent quota: a 401/403/429 whose message says "Usage limit exceeded".
 fn is_usage_limit(status: u16, body: &[u8]) -> bool {
     matches!(status, 401 | 403 | 429)
-        && super::error_message(body)
+        && error_message(body)
             .to_ascii_lowercase()
             .contains(&USAGE_LIMIT_MESSAGE.to_ascii_lowercase())
-}
-
-/// What a 2xx body turned out to be.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decoded {
-    /// A reputation.
-    Reputation(Reputation),
-    /// An error body (`{"error": true, "statusCode": N, "message": ...}`) sent with a 2xx.
-    ErrorBody {
-        /// Its `statusCode`.
-        status: u16,
-    },
 }
 
 /// Decodes a 2xx body (lenient, SPEC §2.3). `raw` of the reputation is the whole JSON

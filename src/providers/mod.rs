@@ -12,16 +12,17 @@
 //!
 //! Secrets: no error message, `Debug` output or log line of this module contains an API
 //! key. reqwest errors are stripped of their URL and every message that could come from
-//! outside (reqwest, the provider's error body) goes through [`redact`].
+//! outside (reqwest, the provider's error body) goes through [`Secret::redact`].
 
 pub mod file;
+mod http;
 pub mod iocscout;
 pub mod ipswamp;
 mod lenient;
 mod redact;
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
@@ -31,8 +32,7 @@ use crate::reputation::{ProviderId, Reputation};
 pub use file::FileProvider;
 pub use iocscout::Iocscout;
 pub use ipswamp::Ipswamp;
-pub use lenient::parse_timestamp;
-pub use redact::{Secret, redact};
+pub use redact::Secret;
 
 /// Largest response body read from a provider; a bigger one is a decode error.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -154,7 +154,7 @@ pub enum ProviderBuildError {
     #[error("providers.{provider}.base_url: {message}")]
     BaseUrl {
         /// `iocscout` or `ipswamp`.
-        provider: &'static str,
+        provider: ProviderId,
         /// What is wrong.
         message: String,
     },
@@ -165,7 +165,7 @@ pub enum ProviderBuildError {
     )]
     ApiKey {
         /// The provider.
-        provider: &'static str,
+        provider: ProviderId,
     },
     /// The HTTP client could not be built.
     #[error("HTTP client: {0}")]
@@ -221,124 +221,8 @@ pub fn next_utc_midnight(now: SystemTime) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs((secs / 86_400 + 1) * 86_400)
 }
 
-/// The availability state shared by the HTTP providers.
-#[derive(Debug, Default)]
-pub(crate) struct Gatekeeper {
-    state: Mutex<GateState>,
-}
-
-#[derive(Debug, Default)]
-struct GateState {
-    disabled: Option<String>,
-    cooling_until: Option<SystemTime>,
-}
-
-impl Gatekeeper {
-    fn lock(&self) -> MutexGuard<'_, GateState> {
-        // A panic while holding this lock cannot leave the state inconsistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn availability(&self) -> Availability {
-        let mut st = self.lock();
-        if let Some(reason) = &st.disabled {
-            return Availability::Disabled(reason.clone());
-        }
-        match st.cooling_until {
-            Some(until) if SystemTime::now() < until => Availability::CoolingDown { until },
-            Some(_) => {
-                st.cooling_until = None;
-                Availability::Ready
-            }
-            None => Availability::Ready,
-        }
-    }
-
-    /// `Err` when the provider must not be asked now.
-    pub(crate) fn check(&self) -> Result<(), ProviderError> {
-        match self.availability() {
-            Availability::Ready => Ok(()),
-            Availability::Disabled(_) => Err(ProviderError::Disabled),
-            Availability::CoolingDown { .. } => Err(ProviderError::CoolingDown),
-        }
-    }
-
-    pub(crate) fn disable(&self, reason: String) {
-        self.lock().disabled = Some(reason);
-    }
-
-    pub(crate) fn cool_down(&self, until: SystemTime) {
-        let mut st = self.lock();
-        // Keep the later of two cool-downs.
-        st.cooling_until = Some(st.cooling_until.map_or(until, |u| u.max(until)));
-    }
-}
-
-/// A provider's answer, read (bounded) but not yet interpreted.
-pub(crate) struct RawAnswer {
-    pub status: u16,
-    pub retry_after: Option<Duration>,
-    pub body: Vec<u8>,
-}
-
-/// Sends `req` (its timeout already set) and reads the body, at most
-/// [`MAX_BODY_BYTES`]. Transport errors are stripped of URLs and redacted.
-pub(crate) async fn send(
-    req: reqwest::RequestBuilder,
-    secret: &Secret,
-) -> Result<RawAnswer, ProviderError> {
-    let mut resp = req.send().await.map_err(|e| map_reqwest(e, secret))?;
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| map_reqwest(e, secret))? {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(ProviderError::Decode(format!(
-                "answer larger than {MAX_BODY_BYTES} bytes (HTTP {status})"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(RawAnswer {
-        status,
-        retry_after,
-        body,
-    })
-}
-
 /// The longest `Retry-After` honoured (a longer one is cut to this).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(7 * 86_400);
-
-/// `Retry-After`: delta-seconds or an HTTP date, at most [`MAX_RETRY_AFTER`].
-fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
-    let v = v.trim();
-    let d = match v.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => {
-            let at = httpdate::parse_http_date(v).ok()?;
-            at.duration_since(now).unwrap_or(Duration::ZERO)
-        }
-    };
-    Some(d.min(MAX_RETRY_AFTER))
-}
-
-/// A reqwest error as a [`ProviderError`], without URL and redacted.
-pub(crate) fn map_reqwest(e: reqwest::Error, secret: &Secret) -> ProviderError {
-    let e = e.without_url();
-    if e.is_timeout() {
-        return ProviderError::Timeout;
-    }
-    let msg = secret.redact(&error_chain(&e));
-    if e.is_decode() {
-        ProviderError::Decode(msg)
-    } else {
-        ProviderError::Transport(msg)
-    }
-}
 
 /// `err: source: source...`, each level once.
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -353,108 +237,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
-}
-
-/// The human message of an error body: `message`, else `error` (when a string), else the
-/// start of the text. Control characters are replaced; at most 200 characters.
-pub(crate) fn error_message(body: &[u8]) -> String {
-    error_message_redacted(body, |s| s.to_string())
-}
-
-/// [`error_message`] with `redact` applied to the whole text before it is cut, so a
-/// secret that crosses the cut cannot leave a prefix behind.
-pub(crate) fn error_message_redacted(body: &[u8], redact: impl Fn(&str) -> String) -> String {
-    let from_json = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            ["message", "error", "detail"]
-                .iter()
-                .find_map(|k| v.get(*k).and_then(|m| m.as_str()).map(str::to_string))
-        });
-    let text = redact(&from_json.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()));
-    let mut out: String = text
-        .trim()
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(200)
-        .collect();
-    if out.is_empty() {
-        out.push_str("(empty body)");
-    }
-    out
-}
-
-/// How a status outside 200 is read, shared by the HTTP providers.
-pub(crate) struct Refusal<'a> {
-    pub provider: &'static str,
-    pub gate: &'a Gatekeeper,
-    pub secret: &'a Secret,
-}
-
-impl Refusal<'_> {
-    /// Maps a non-200 status; disables or cools the provider down as SPEC §2.3 says.
-    /// `quota_message` is true when the body says the quota is spent (IPSwamp's 403).
-    pub(crate) fn classify(&self, ans: &RawAnswer, quota_message: bool) -> ProviderError {
-        let msg = error_message_redacted(&ans.body, |s| self.secret.redact(s));
-        let status = ans.status;
-        let err = match status {
-            400 => ProviderError::BadRequest(msg),
-            429 => self.quota(ans, &msg),
-            401 | 403 if quota_message => self.quota(ans, &msg),
-            401 | 403 => {
-                tracing::error!(
-                    provider = self.provider,
-                    status,
-                    outcome = "unauthorized",
-                    "API key refused: provider disabled until reload: {msg}"
-                );
-                self.gate.disable(format!(
-                    "{} refused the API key (HTTP {status}: {msg})",
-                    self.provider
-                ));
-                ProviderError::Unauthorized(msg)
-            }
-            _ => ProviderError::Server(status, msg),
-        };
-        if !matches!(
-            err,
-            ProviderError::Unauthorized(_) | ProviderError::QuotaExhausted { .. }
-        ) {
-            tracing::warn!(
-                provider = self.provider,
-                status,
-                outcome = err.outcome(),
-                "look-up failed: {err}"
-            );
-        }
-        err
-    }
-
-    /// Cools the provider down until `Retry-After`, else the next UTC midnight.
-    fn quota(&self, ans: &RawAnswer, msg: &str) -> ProviderError {
-        let now = SystemTime::now();
-        let until = ans
-            .retry_after
-            .and_then(|d| now.checked_add(d))
-            .unwrap_or_else(|| next_utc_midnight(now));
-        self.gate.cool_down(until);
-        let wait = until.duration_since(now).map_or(0, |d| d.as_secs());
-        tracing::warn!(
-            provider = self.provider,
-            status = ans.status,
-            outcome = "quota_exhausted",
-            cooldown_secs = wait,
-            "quota exhausted: no look-up before the cool-down ends: {msg}"
-        );
-        ProviderError::QuotaExhausted {
-            retry_after: ans.retry_after,
-        }
-    }
-}
-
-/// Logs a failure that happened before a status was read (timeout, transport, decode).
-pub(crate) fn log_failure(provider: &'static str, err: &ProviderError) {
-    tracing::warn!(provider, outcome = err.outcome(), "look-up failed: {err}");
 }
 
 #[cfg(test)]
@@ -474,29 +256,6 @@ mod tests {
             next_utc_midnight(t),
             UNIX_EPOCH + Duration::from_secs(86_400 * 5)
         );
-    }
-
-    #[test]
-    fn retry_after_forms() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_480);
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:30:00 GMT", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(
-            parse_retry_after("18446744073709551615", now),
-            Some(MAX_RETRY_AFTER)
-        );
-        assert_eq!(parse_retry_after("-5", now), None);
     }
 
     #[test]
@@ -520,48 +279,5 @@ mod tests {
         assert!(!ProviderError::CoolingDown.reached_provider());
         assert!(!ProviderError::Disabled.reached_provider());
         assert!(ProviderError::Timeout.reached_provider());
-    }
-
-    #[test]
-    fn error_messages_are_short_and_clean() {
-        assert_eq!(
-            error_message(br#"{"error":true,"statusCode":403,"message":"Invalid API key"}"#),
-            "Invalid API key"
-        );
-        assert_eq!(error_message(br#"{"error":"nope"}"#), "nope");
-        assert_eq!(error_message(b"line1\nline2"), "line1 line2");
-        assert_eq!(error_message(b""), "(empty body)");
-        assert_eq!(error_message(&[b'x'; 1000]).len(), 200);
-        // A key that crosses the 200-character cut leaves no prefix behind.
-        let body = format!("{}KEY-sekrit-1234567890 trailing", "x".repeat(190));
-        let msg = error_message_redacted(body.as_bytes(), |s| {
-            s.replace("KEY-sekrit-1234567890", "***")
-        });
-        assert!(!msg.contains("KEY-se"), "{msg}");
-    }
-
-    #[test]
-    fn gatekeeper_transitions() {
-        let g = Gatekeeper::default();
-        assert_eq!(g.availability(), Availability::Ready);
-        g.cool_down(SystemTime::now() - Duration::from_secs(1));
-        assert_eq!(
-            g.availability(),
-            Availability::Ready,
-            "a past cool-down is over"
-        );
-        let until = SystemTime::now() + Duration::from_secs(60);
-        g.cool_down(until);
-        assert_eq!(g.availability(), Availability::CoolingDown { until });
-        assert_eq!(g.check(), Err(ProviderError::CoolingDown));
-        g.cool_down(SystemTime::now() + Duration::from_secs(1));
-        assert_eq!(
-            g.availability(),
-            Availability::CoolingDown { until },
-            "the later one wins"
-        );
-        g.disable("refused".into());
-        assert_eq!(g.availability(), Availability::Disabled("refused".into()));
-        assert_eq!(g.check(), Err(ProviderError::Disabled));
     }
 }
