@@ -1,4 +1,4 @@
-//! The admin API (SPEC §3) and `/metrics`.
+//! The admin API (docs/admin-api.md) and `/metrics`.
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Which address is the client: the TCP peer, or — when the peer is a trusted proxy — the
-//! address that proxy reports in the one configured forwarding header (SPEC §4).
+//! address that proxy reports in the one configured forwarding header (docs/configuration.md, "Client IP").
 //!
 //! Rules, in order:
 //! - Every address is canonicalized with [`IpAddr::to_canonical`] (`::ffff:a.b.c.d` is the

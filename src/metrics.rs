@@ -1,4 +1,4 @@
-//! Metric names (SPEC §6) and their descriptions. The library records through the
+//! Metric names (docs/metrics.md) and their descriptions. The library records through the
 //! `metrics` facade; the binary installs a Prometheus exporter, and an application that
 //! embeds the layer keeps its own.
 

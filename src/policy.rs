@@ -1,4 +1,4 @@
-//! Rules of SPEC §2.1 compiled for evaluation, and the evaluation itself.
+//! Rules (docs/configuration.md, "Conditions") compiled for evaluation, and the evaluation itself.
 //!
 //! Conditions evaluate in three states: true, false, or "needs reputation". Local facts
 //! (`in_list`, feed tags) are decided first, so a rule whose local part already fails, or

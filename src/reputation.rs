@@ -1,5 +1,5 @@
 //! The normalized reputation of one IP, as every provider's answer is mapped to it
-//! (SPEC §2.3), and the source the gate asks for it.
+//! (docs/configuration.md, "Provider answers"), and the source the gate asks for it.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -196,7 +196,7 @@ impl FromStr for ThreatClass {
     }
 }
 
-/// One provider's answer about one IP, normalized (SPEC §2.3).
+/// One provider's answer about one IP, normalized (docs/configuration.md, "Provider answers").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reputation {
     /// The provider that answered.

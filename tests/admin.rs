@@ -1,4 +1,4 @@
-//! The admin API (SPEC §3) over loopback.
+//! The admin API (docs/admin-api.md) over loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

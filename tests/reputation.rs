@@ -1,5 +1,5 @@
 //! Reputation providers through the gateway, end to end over loopback against the
-//! provider emulator: the SPEC's example rules, faults with each `on_error`, private
+//! provider emulator: the example rules of policy.example.yaml, faults with each `on_error`, private
 //! addresses, readiness, and no API key anywhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,4 +1,4 @@
-//! Command-line entry points (SPEC §1). Exit codes: 0 ok, 2 bad configuration or
+//! Command-line entry points (docs/cli.md). Exit codes: 0 ok, 2 bad configuration or
 //! usage, 1 runtime failure.
 
 mod demo;

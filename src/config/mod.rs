@@ -1,4 +1,4 @@
-//! The configuration file (SPEC §2): serde types, `${VAR}` expansion, durations, and
+//! The configuration file (docs/configuration.md): serde types, `${VAR}` expansion, durations, and
 //! validation whose errors name file, line, column and key.
 
 mod duration;
@@ -114,7 +114,7 @@ pub enum Mode {
     DryRun,
 }
 
-/// Who the client is (SPEC §4).
+/// Who the client is (docs/configuration.md, "Client IP").
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientIpConfig {
@@ -397,7 +397,7 @@ impl Action {
     }
 }
 
-/// The conditions of SPEC §2.1; all present ones must hold.
+/// The conditions of a rule's `when` (docs/configuration.md, "Conditions"); all present ones must hold.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Condition {

@@ -111,7 +111,7 @@ fn listen_one_or_many_and_conditions_one_or_many() {
 
 #[test]
 fn the_spec_example_parses() {
-    // Every key of SPEC §2, with the env vars given defaults.
+    // Every key of docs/configuration.md, with the env vars given defaults.
     let yaml = include_str!("../../policy.example.yaml");
     let c = Config::from_yaml(yaml, "policy.example.yaml").unwrap();
     assert!(!c.rules.is_empty());

@@ -1,5 +1,5 @@
 //! The client skeleton shared by the HTTP providers: the request with the provider's
-//! timeout, the bounded read, the status mapping (SPEC §2.3), `Retry-After`, the
+//! timeout, the bounded read, the status mapping (docs/configuration.md, "Provider answers"), `Retry-After`, the
 //! availability state and the redaction of the key. A provider adds only its request
 //! shape, its status quirks and its decoder ([`HttpApi`]).
 
@@ -193,7 +193,7 @@ impl Http {
         }
     }
 
-    /// Maps a non-2xx status; disables or cools the provider down as SPEC §2.3 says.
+    /// Maps a non-2xx status; disables or cools the provider down as docs/configuration.md, "Provider answers" says.
     /// `quota_message` is true when the body says the quota is spent (IPSwamp's 403).
     fn classify(&self, ans: &RawAnswer, quota_message: bool) -> ProviderError {
         let msg = error_message_redacted(&ans.body, |s| self.key.redact(s));

@@ -86,7 +86,7 @@ pub fn decode(body: &[u8]) -> Result<Reputation, ProviderError> {
     Ok(normalize(&resp, raw))
 }
 
-/// Maps an answer to the normalized form (SPEC §2.3):
+/// Maps an answer to the normalized form (docs/configuration.md, "Provider answers"):
 ///
 /// - status: `status` (`benign`, which the docs also use, is `safe`; unknown words and
 ///   a missing status are `unknown`);

@@ -2,7 +2,7 @@
 //! with `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 //!
 //! IPSwamp's published pages disagree with each other, so the decoder is lenient
-//! (SPEC §2.3): see [`normalize`].
+//! (docs/configuration.md, "Provider answers"): see [`normalize`].
 
 use std::fmt;
 
@@ -100,7 +100,7 @@ fn is_usage_limit(status: u16, body: &[u8]) -> bool {
             .contains(&USAGE_LIMIT_MESSAGE.to_ascii_lowercase())
 }
 
-/// Decodes a 2xx body (lenient, SPEC §2.3). `raw` of the reputation is the whole JSON
+/// Decodes a 2xx body (lenient, docs/configuration.md, "Provider answers"). `raw` of the reputation is the whole JSON
 /// as received.
 pub fn decode(body: &[u8]) -> Result<Decoded, ProviderError> {
     let raw: Value = serde_json::from_slice(body)
@@ -135,7 +135,7 @@ pub fn decode(body: &[u8]) -> Result<Decoded, ProviderError> {
     Ok(Decoded::Reputation(normalize(&resp, whitelisted, raw)))
 }
 
-/// Maps an answer to the normalized form (SPEC §2.3):
+/// Maps an answer to the normalized form (docs/configuration.md, "Provider answers"):
 ///
 /// - status: safe when whitelisted; else `details.ip_rep`: malicious→threat,
 ///   suspicious→suspicious, clean→unknown. Free text is split into words and the most

@@ -1,5 +1,5 @@
 //! Lenient decoding helpers: a field of an unexpected type becomes "absent" instead of
-//! failing the whole answer (SPEC §2.3: unknown or missing fields never fail a parse).
+//! failing the whole answer (docs/configuration.md, "Provider answers": unknown or missing fields never fail a parse).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};

@@ -1,4 +1,4 @@
-//! Reputation providers (SPEC §2 `providers:`, §2.3): the IOCScout and IPSwamp HTTP
+//! Reputation providers (docs/configuration.md, "Providers" and "Provider answers"): the IOCScout and IPSwamp HTTP
 //! clients and the offline `file` provider, each answering with a normalized
 //! [`Reputation`].
 //!
