@@ -84,6 +84,88 @@ async fn without_connect_info_the_layer_fails_closed() {
     assert_eq!(r.status(), 403);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["rule"], "invalid-client-ip");
+    // The reason names the fix.
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("into_make_service_with_connect_info"),
+        "{v}"
+    );
+}
+
+/// A router whose `/` takes the decision as an extractor, with a custom block answer;
+/// `/outside` is added after the layer, so it is not guarded.
+async fn serve_with_extractor(gate: ipgate::Gate) -> SocketAddr {
+    let app = Router::new()
+        .route(
+            "/",
+            get(
+                |d: ipgate::Decision| async move { format!("{} by {:?}", d.action.as_str(), d.by) },
+            ),
+        )
+        .layer(gate.layer().block_with(|d, headers| {
+            let ua = headers
+                .get("user-agent")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            http::Response::builder()
+                .status(451)
+                .header("x-blocked-rule", d.rule())
+                .body(format!("custom: {} ({ua})\n", d.client_ip).into())
+                .unwrap()
+        }))
+        .route(
+            "/outside",
+            get(|d: ipgate::Decision| async move { d.rule().to_string() }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+#[tokio::test]
+async fn decision_extractor_and_custom_block_answer() {
+    let addr = serve_with_extractor(gate("lists: { allow: [127.0.0.1] }").await).await;
+    let r = client()
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "allow by AllowList");
+
+    let addr = serve_with_extractor(gate("lists: { block: [127.0.0.0/8] }").await).await;
+    let r = client()
+        .get(format!("http://{addr}/"))
+        .header("user-agent", "probe/1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 451);
+    assert_eq!(r.headers()["x-blocked-rule"], "block-list");
+    assert_eq!(r.text().await.unwrap(), "custom: 127.0.0.1 (probe/1)\n");
+}
+
+#[tokio::test]
+async fn a_route_added_after_the_layer_is_not_guarded_and_the_extractor_says_so() {
+    let addr = serve_with_extractor(gate("lists: { block: [127.0.0.0/8] }").await).await;
+    let r = client()
+        .get(format!("http://{addr}/outside"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("not behind ipgate's layer"), "{text}");
 }
 
 #[tokio::test]

@@ -702,3 +702,56 @@ impl ReputationSource for ReputationCache {
         Box::pin(std::future::ready(removed))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Panics on its first look-up, answers after that.
+    #[derive(Debug, Default)]
+    struct PanicsOnce {
+        calls: AtomicU32,
+    }
+
+    impl Provider for PanicsOnce {
+        fn id(&self) -> ProviderId {
+            ProviderId::Iocscout
+        }
+        fn lookup(&self, _ip: IpAddr) -> BoxFuture<'_, Result<Reputation, ProviderError>> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                assert!(n > 0, "the provider panics on its first call");
+                Ok(Reputation::unknown(ProviderId::Iocscout))
+            })
+        }
+        fn availability(&self) -> Availability {
+            Availability::Ready
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flight_that_panics_does_not_pin_its_ip() {
+        let config = Config::from_yaml("{}", "t").unwrap();
+        let provider = Arc::new(PanicsOnce::default());
+        let cache = ReputationCache::new(&config, vec![provider.clone()], None).unwrap();
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+
+        let Answer::Known(first) = cache.get(ip, true).await else {
+            panic!("inline mode never answers pending");
+        };
+        assert_eq!(
+            first.errors,
+            [(ErrorSource::Failed, "look-up task failed".to_string())]
+        );
+
+        // The next request for the same IP asks the provider again and gets its answer.
+        let Answer::Known(second) = cache.get(ip, true).await else {
+            panic!("inline mode never answers pending");
+        };
+        assert_eq!(provider.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(second.answers.len(), 1, "{second:?}");
+        assert!(cache.inner.shared.flights.lock().unwrap().is_empty());
+    }
+}
