@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::emulator::*;
-use common::{client, free_port, spawn_run, upstream, wait_for_status};
+use common::{Running, client, eventually, spawn_run, upstream};
 use ipgate::{Config, Gate};
 
 const KEY: &str = "cache-test-key";
@@ -100,7 +100,14 @@ async fn waiters_that_give_up_do_not_cause_a_second_call() {
         let d = g.decide(ip("198.51.100.2")).await;
         assert_eq!(d.rule(), "lookup-error");
     }
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // The flight goes on without its waiters and fills the cache.
+    let cache = g.reputation_cache().unwrap();
+    eventually(
+        "the abandoned flight filling the cache",
+        Duration::from_secs(5),
+        || std::future::ready(cache.peek(ip("198.51.100.2")).is_some()),
+    )
+    .await;
     assert_eq!((emu.calls(Api::Iocscout), emu.calls(Api::Ipswamp)), (1, 1));
     // The flight finished in the background and filled the cache.
     assert_eq!(g.decide(ip("198.51.100.2")).await.rule(), "default");
@@ -219,16 +226,13 @@ async fn background_mode_decides_on_miss_now_and_uses_the_answer_next_time() {
     // Explaining a new client in background mode says what a request would get.
     let e = g.explain(ip("198.51.100.44"), true).await;
     assert_eq!((e.rule.as_str(), e.decision), ("lookup-pending", "allow"));
-    for _ in 0..50 {
-        if g.reputation_cache()
-            .unwrap()
-            .cached(ip("198.51.100.4"))
-            .is_some()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let cache = g.reputation_cache().unwrap();
+    eventually(
+        "the background look-up filling the cache",
+        Duration::from_secs(5),
+        || std::future::ready(cache.peek(ip("198.51.100.4")).is_some()),
+    )
+    .await;
     let d = g.decide(ip("198.51.100.4")).await;
     assert_eq!((d.rule(), d.is_blocked()), ("block-threats", true));
     assert_eq!(emu.calls_for(Api::Iocscout, ip("198.51.100.4")), 1);
@@ -282,26 +286,27 @@ async fn memory_stays_bounded_under_a_flood_of_ipv6_prefixes() {
     );
 }
 
-async fn start_binary(policy: &std::path::Path, admin: u16) -> tokio::process::Child {
-    let child = spawn_run(policy);
-    wait_for_status(&format!("http://127.0.0.1:{admin}/healthz"), 200).await;
-    child
-}
-
-async fn metric(admin: u16, line_start: &str) -> f64 {
+/// The value of the first metric line starting with `line_start`, if there is one.
+async fn metric_value(run: &Running, line_start: &str) -> (Option<f64>, String) {
     let text = client()
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .get(run.admin_url("/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    text.lines()
+    let value = text
+        .lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no `{line_start}` in\n{text}"))
+        .and_then(|v| v.parse().ok());
+    (value, text)
+}
+
+async fn metric(run: &Running, line_start: &str) -> f64 {
+    let (value, text) = metric_value(run, line_start).await;
+    value.unwrap_or_else(|| panic!("no `{line_start}` in\n{text}"))
 }
 
 #[tokio::test]
@@ -314,18 +319,17 @@ async fn a_restart_reuses_cached_answers_and_keeps_the_quota() {
     let up = upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("policy.yaml");
-    let (port, admin) = (free_port(), free_port());
     std::fs::write(
         &f,
         format!(
-            "listen: 127.0.0.1:{port}\nupstream: {}\nadmin: {{ listen: '127.0.0.1:{admin}' }}\nclient_ip: {{ trusted_proxies: [127.0.0.1/32] }}\ncache: {{ path: cache.redb }}\nproviders:\n  iocscout: {{ api_key: {KEY}, base_url: '{}', daily_quota: 3 }}\nrules:\n  - {{ name: block-threats, when: {{ status: threat }}, action: block }}\n",
+            "listen: 127.0.0.1:0\nupstream: {}\nadmin: {{ listen: '127.0.0.1:0' }}\nclient_ip: {{ trusted_proxies: [127.0.0.1/32] }}\ncache: {{ path: cache.redb }}\nproviders:\n  iocscout: {{ api_key: {KEY}, base_url: '{}', daily_quota: 3 }}\nrules:\n  - {{ name: block-threats, when: {{ status: threat }}, action: block }}\n",
             up.url(),
             emu.iocscout_url()
         ),
     )
     .unwrap();
-    let visit = |a: &'static str| {
-        let url = format!("http://127.0.0.1:{port}/");
+    let visit = |run: &Running, a: &'static str| {
+        let url = run.url("/");
         async move {
             client()
                 .get(url)
@@ -337,28 +341,28 @@ async fn a_restart_reuses_cached_answers_and_keeps_the_quota() {
                 .as_u16()
         }
     };
-    let mut child = start_binary(&f, admin).await;
-    assert_eq!(visit("198.51.100.7").await, 403);
-    assert_eq!(visit("198.51.100.8").await, 200);
+    let mut run = spawn_run(&f).await;
+    assert_eq!(visit(&run, "198.51.100.7").await, 403);
+    assert_eq!(visit(&run, "198.51.100.8").await, 200);
     assert_eq!(emu.calls(Api::Iocscout), 2);
     assert_eq!(
         metric(
-            admin,
+            &run,
             "ipgate_provider_quota_remaining{provider=\"iocscout\"}"
         )
         .await,
         1.0
     );
-    common::kill("-TERM", child.id().unwrap());
-    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+    common::kill("-TERM", run.pid());
+    assert_eq!(run.child.wait().await.unwrap().code(), Some(0));
 
-    let mut child = start_binary(&f, admin).await;
+    let mut run = spawn_run(&f).await;
     assert_eq!(
-        visit("198.51.100.7").await,
+        visit(&run, "198.51.100.7").await,
         403,
         "the cached threat was forgotten"
     );
-    assert_eq!(visit("198.51.100.8").await, 200);
+    assert_eq!(visit(&run, "198.51.100.8").await, 200);
     assert_eq!(
         emu.calls(Api::Iocscout),
         2,
@@ -366,26 +370,26 @@ async fn a_restart_reuses_cached_answers_and_keeps_the_quota() {
     );
     assert_eq!(
         metric(
-            admin,
+            &run,
             "ipgate_provider_quota_remaining{provider=\"iocscout\"}"
         )
         .await,
         1.0
     );
     assert_eq!(
-        metric(admin, "ipgate_cache_lookups_total{result=\"hit\"}").await,
+        metric(&run, "ipgate_cache_lookups_total{result=\"hit\"}").await,
         2.0
     );
     // One look-up is left today: the next new IP gets it, the one after does not.
-    visit("198.51.100.9").await;
-    visit("198.51.100.10").await;
+    visit(&run, "198.51.100.9").await;
+    visit(&run, "198.51.100.10").await;
     assert_eq!(
         emu.calls(Api::Iocscout),
         3,
         "the quota was reset by the restart"
     );
-    common::kill("-TERM", child.id().unwrap());
-    child.wait().await.unwrap();
+    common::kill("-TERM", run.pid());
+    run.child.wait().await.unwrap();
 }
 
 #[tokio::test]
@@ -395,25 +399,26 @@ async fn a_crash_mid_write_leaves_a_usable_store() {
     std::fs::write(&rep, "198.51.0.0/16: { status: suspicious, score: 10 }\n").unwrap();
     let up = upstream::start().await;
     let f = dir.path().join("policy.yaml");
-    let (port, admin) = (free_port(), free_port());
     std::fs::write(
         &f,
         format!(
-            "listen: 127.0.0.1:{port}\nupstream: {}\nadmin: {{ listen: '127.0.0.1:{admin}' }}\nclient_ip: {{ trusted_proxies: [127.0.0.1/32] }}\ncache: {{ path: cache.redb }}\nproviders: {{ file: {{ path: '{}' }} }}\nrules:\n  - {{ name: t, when: {{ status: threat }}, action: block }}\n",
+            "listen: 127.0.0.1:0\nupstream: {}\nadmin: {{ listen: '127.0.0.1:0' }}\nclient_ip: {{ trusted_proxies: [127.0.0.1/32] }}\ncache: {{ path: cache.redb }}\nproviders: {{ file: {{ path: '{}' }} }}\nrules:\n  - {{ name: t, when: {{ status: threat }}, action: block }}\n",
             up.url(),
             rep.display()
         ),
     )
     .unwrap();
-    let mut child = start_binary(&f, admin).await;
+    let mut run = spawn_run(&f).await;
     let c = Arc::new(client());
+    let url = run.url("/");
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let c = c.clone();
+            let url = url.clone();
             tokio::spawn(async move {
                 for i in 0..2000u32 {
                     let a = format!("198.51.{}.{}", (w * 50) + i / 250, i % 250);
-                    if c.get(format!("http://127.0.0.1:{port}/"))
+                    if c.get(&url)
                         .header("x-forwarded-for", a)
                         .send()
                         .await
@@ -425,20 +430,26 @@ async fn a_crash_mid_write_leaves_a_usable_store() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    common::kill("-KILL", child.id().unwrap());
-    child.wait().await.unwrap();
+    // Kill it while the writers are still going, once a good number of entries exist.
+    eventually(
+        "300 cache entries before the crash",
+        Duration::from_secs(20),
+        || metric_at_least(&run, "ipgate_cache_entries", 300.0),
+    )
+    .await;
+    common::kill("-KILL", run.pid());
+    run.child.wait().await.unwrap();
     for w in writers {
         let _ = w.await;
     }
     let store = dir.path().join("cache.redb");
     assert!(store.exists());
-    let mut child = start_binary(&f, admin).await;
-    let entries = metric(admin, "ipgate_cache_entries").await;
+    let mut run = spawn_run(&f).await;
+    let entries = metric(&run, "ipgate_cache_entries").await;
     assert!(entries > 0.0, "nothing survived the crash");
     assert_eq!(
         client()
-            .get(format!("http://127.0.0.1:{port}/"))
+            .get(run.url("/"))
             .header("x-forwarded-for", "198.51.0.1")
             .send()
             .await
@@ -446,8 +457,15 @@ async fn a_crash_mid_write_leaves_a_usable_store() {
             .status(),
         200
     );
-    common::kill("-TERM", child.id().unwrap());
-    child.wait().await.unwrap();
+    common::kill("-TERM", run.pid());
+    run.child.wait().await.unwrap();
+}
+
+async fn metric_at_least(run: &Running, line_start: &str, min: f64) -> bool {
+    metric_value(run, line_start)
+        .await
+        .0
+        .is_some_and(|v| v >= min)
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, kill, spawn_run, upstream, wait_for_status};
+use common::{kill, spawn_run, upstream, wait_for_status};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ipgate");
@@ -161,17 +161,20 @@ async fn run_reloads_on_sighup_keeps_old_config_on_error_and_drains_on_sigterm()
     let up = upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("p.yaml");
-    let port = free_port();
-    let admin = free_port();
+    // Port 0 everywhere: the addresses are read from what the binary prints. A reload
+    // keeps the sockets, so they stay valid.
     let base = format!(
-        "listen: 127.0.0.1:{port}\nupstream: {}\nadmin: {{ listen: '127.0.0.1:{admin}' }}\n",
+        "listen: 127.0.0.1:0\nupstream: {}\nadmin: {{ listen: '127.0.0.1:0' }}\n",
         up.url()
     );
     std::fs::write(&f, &base).unwrap();
-    let mut child = spawn_run(&f);
-    let url = format!("http://127.0.0.1:{port}/");
-    wait_for_status(&url, 200).await;
-    let pid = child.id().unwrap();
+    let mut run = spawn_run(&f).await;
+    let url = run.url("/");
+    assert_eq!(
+        common::client().get(&url).send().await.unwrap().status(),
+        200
+    );
+    let pid = run.pid();
 
     std::fs::write(&f, format!("{base}lists: {{ block: [127.0.0.1] }}\n")).unwrap();
     kill("-HUP", pid);
@@ -181,7 +184,7 @@ async fn run_reloads_on_sighup_keeps_old_config_on_error_and_drains_on_sigterm()
     std::fs::write(&f, format!("{base}lists: {{ block: [junk] }}\n")).unwrap();
     kill("-HUP", pid);
     let r = common::client()
-        .post(format!("http://127.0.0.1:{admin}/v1/reload"))
+        .post(run.admin_url("/v1/reload"))
         .send()
         .await
         .unwrap();
@@ -193,7 +196,7 @@ async fn run_reloads_on_sighup_keeps_old_config_on_error_and_drains_on_sigterm()
     );
 
     let metrics = common::client()
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .get(run.admin_url("/metrics"))
         .send()
         .await
         .unwrap()
@@ -214,7 +217,7 @@ async fn run_reloads_on_sighup_keeps_old_config_on_error_and_drains_on_sigterm()
     );
 
     kill("-TERM", pid);
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(15), run.child.wait())
         .await
         .unwrap()
         .unwrap();
@@ -238,19 +241,29 @@ async fn demo_curl_lines_behave_as_printed() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut curls = Vec::new();
+    let mut listening = None;
     loop {
         let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
             .await
             .unwrap()
             .unwrap()
             .unwrap();
-        if line.starts_with("curl ") {
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            listening = Some(addr.parse::<std::net::SocketAddr>().unwrap());
+        } else if line.starts_with("curl ") {
             curls.push(line);
         } else if line.starts_with("Press Ctrl-C") {
             break;
         }
     }
     assert_eq!(curls.len(), 11, "the demo's curl lines: {curls:?}");
+    // `--listen 127.0.0.1:0`: the demo prints the port the system chose; the tour uses it.
+    let addr = listening.expect("the demo printed no `listening on ADDR` line");
+    assert_ne!(addr.port(), 0);
+    assert!(
+        curls.iter().all(|c| c.contains(&format!("http://{addr}/"))),
+        "the curl lines do not use {addr}: {curls:?}"
+    );
     // Every kind of decision the tour promises is among them.
     for what in [
         "lists.allow",
@@ -307,22 +320,24 @@ async fn run_reloads_when_the_watched_file_changes() {
     let up = upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("p.yaml");
-    let port = free_port();
     let base = format!(
-        "listen: 127.0.0.1:{port}\nupstream: {}\nreload: {{ watch: true }}\n",
+        "listen: 127.0.0.1:0\nupstream: {}\nreload: {{ watch: true }}\n",
         up.url()
     );
     std::fs::write(&f, &base).unwrap();
-    let mut child = spawn_run(&f);
-    let url = format!("http://127.0.0.1:{port}/");
-    wait_for_status(&url, 200).await;
+    let mut run = spawn_run(&f).await;
+    let url = run.url("/");
+    assert_eq!(
+        common::client().get(&url).send().await.unwrap().status(),
+        200
+    );
     // Write a new file and rename it over the old one, as editors do.
     let tmp = dir.path().join("p.yaml.new");
     std::fs::write(&tmp, format!("{base}lists: {{ block: [127.0.0.1] }}\n")).unwrap();
     std::fs::rename(&tmp, &f).unwrap();
     wait_for_status(&url, 403).await;
-    kill("-TERM", child.id().unwrap());
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+    kill("-TERM", run.pid());
+    let status = tokio::time::timeout(Duration::from_secs(15), run.child.wait())
         .await
         .unwrap()
         .unwrap();
@@ -338,16 +353,14 @@ async fn check_beside_a_running_gateway_that_holds_the_cache() {
     )
     .unwrap();
     let f = dir.path().join("p.yaml");
-    let port = free_port();
     std::fs::write(
         &f,
-        format!("listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:9\nclient_ip: {{ trusted_proxies: [127.0.0.1/32] }}\ncache: {{ path: cache.redb }}\nproviders: {{ file: {{ path: rep.yaml }} }}\nrules:\n  - {{ name: block-threats, when: {{ status: threat }}, action: block }}\n"),
+        "listen: 127.0.0.1:0\nupstream: http://127.0.0.1:9\nclient_ip: { trusted_proxies: [127.0.0.1/32] }\ncache: { path: cache.redb }\nproviders: { file: { path: rep.yaml } }\nrules:\n  - { name: block-threats, when: { status: threat }, action: block }\n",
     )
     .unwrap();
-    let mut child = spawn_run(&f);
-    wait_for_status(&format!("http://127.0.0.1:{port}/"), 502).await;
+    let mut run = spawn_run(&f).await;
     let r = common::client()
-        .get(format!("http://127.0.0.1:{port}/"))
+        .get(run.url("/"))
         .header("x-forwarded-for", "198.51.100.66")
         .send()
         .await
@@ -370,8 +383,8 @@ async fn check_beside_a_running_gateway_that_holds_the_cache() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("would spend quota"));
-    kill("-TERM", child.id().unwrap());
-    child.wait().await.unwrap();
+    kill("-TERM", run.pid());
+    run.child.wait().await.unwrap();
     // With the gateway gone, check reads the store: the answer the gateway cached.
     let out = ipgate(&["check", "-c", f.to_str().unwrap(), "198.51.100.66"]);
     assert_eq!(out.status.code(), Some(0));

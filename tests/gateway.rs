@@ -387,33 +387,93 @@ async fn idle_keep_alive_connections_are_closed() {
     gw.shutdown().await;
 }
 
+/// Sends `GET path` on `s` and reads the whole answer (head and a `Content-Length`
+/// body); None when it did not come within `within`.
+async fn exchange(s: &mut TcpStream, path: &str, within: Duration) -> Option<String> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    return Some(text);
+                }
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?
+}
+
 #[tokio::test]
 async fn connection_limit_makes_extra_clients_wait() {
     let up = upstream::start().await;
     let gw = TestGateway::start(
-        &format!("{BASE}limits: {{ max_connections: 1 }}\n"),
+        &format!("{BASE}limits: {{ max_connections: 2 }}\n"),
         &up.url(),
     )
     .await;
-    let mut a = TcpStream::connect(gw.addr).await.unwrap();
-    a.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    assert!(a.read(&mut buf).await.unwrap() > 0);
-    // A second connection is accepted by the kernel but not served while `a` is open.
-    let mut b = TcpStream::connect(gw.addr).await.unwrap();
+    let ok = |answer: &Option<String>| {
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200"))
+    };
+    // Two keep-alive connections, each served once, hold both slots.
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let answer = exchange(&mut s, &format!("/held{i}"), Duration::from_secs(5)).await;
+        assert!(ok(&answer), "{answer:?}");
+        held.push(s);
+    }
+    // A third connection is accepted by the kernel but not served while they are open.
+    let mut waiting = TcpStream::connect(gw.addr).await.unwrap();
     assert!(
-        get_raw(&mut b, "/b", Duration::from_millis(400))
+        get_raw(&mut waiting, "/waiting", Duration::from_millis(500))
             .await
             .is_none(),
-        "the second connection was served beyond max_connections"
+        "the third connection was served beyond max_connections: 2"
     );
-    drop(a);
-    let answer = read_raw(&mut b, Duration::from_secs(5))
-        .await
-        .unwrap_or_default();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The gateway is not merely slow: the connections it holds are served meanwhile,
+    // and the request sent before theirs still gets nothing.
+    for (i, s) in held.iter_mut().enumerate() {
+        let answer = exchange(s, &format!("/again{i}"), Duration::from_secs(5)).await;
+        assert!(ok(&answer), "{answer:?}");
+    }
+    assert!(
+        read_raw(&mut waiting, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the third connection was served beyond max_connections: 2"
+    );
+    let reached = |path: &str| up.seen.all().iter().any(|r| r.uri == path);
+    assert!(
+        !reached("/waiting"),
+        "the third connection's request was proxied"
+    );
+    // Closing one frees its slot: the waiting connection is served.
+    drop(held.pop());
+    let answer = read_raw(&mut waiting, Duration::from_secs(5)).await;
+    assert!(ok(&answer), "{answer:?}");
+    assert!(reached("/waiting"));
+    drop(held);
+    drop(waiting);
     gw.shutdown().await;
 }
 

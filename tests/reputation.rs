@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::emulator::*;
-use common::{TestGateway, client, free_port, upstream};
+use common::{TestGateway, client, spawn_run_with, upstream};
 use serde_json::Value;
 
 const KEY: &str = "KEY-sekrit-1234567890";
@@ -252,12 +252,11 @@ async fn the_api_key_never_leaks() {
     let up = upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("policy.yaml");
-    let (port, admin) = (free_port(), free_port());
     let yaml = format!(
-        "listen: 127.0.0.1:{port}
+        "listen: 127.0.0.1:0
 upstream: {}
 client_ip: {{ trusted_proxies: [127.0.0.1/32] }}
-admin: {{ listen: '127.0.0.1:{admin}' }}
+admin: {{ listen: '127.0.0.1:0' }}
 providers:
   iocscout: {{ api_key: '${{IPGATE_TEST_IOC_KEY}}', base_url: '{}' }}
   ipswamp: {{ api_key: '${{IPGATE_TEST_SWAMP_KEY}}', base_url: '{}', auth: header }}
@@ -270,28 +269,14 @@ cache: {{ error_ttl: 1s }}
     );
     std::fs::write(&f, yaml).unwrap();
     let bin = env!("CARGO_BIN_EXE_ipgate");
-    let mut child = tokio::process::Command::new(bin)
-        .args(["run", "-c", f.to_str().unwrap()])
-        .env("IPGATE_LOG", "trace")
-        .env("IPGATE_TEST_IOC_KEY", KEY)
-        .env("IPGATE_TEST_SWAMP_KEY", KEY)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}/");
-    for _ in 0..100 {
-        if client()
-            .get(format!("http://127.0.0.1:{admin}/healthz"))
-            .send()
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut run = spawn_run_with(&f, |cmd| {
+        cmd.env("IPGATE_LOG", "trace")
+            .env("IPGATE_TEST_IOC_KEY", KEY)
+            .env("IPGATE_TEST_SWAMP_KEY", KEY)
+            .stderr(Stdio::piped());
+    })
+    .await;
+    let base = run.url("/");
     let mut seen = String::new();
     let mut faults = faults();
     faults.push(("echo key", Fault::EchoKey(400)));
@@ -311,9 +296,7 @@ cache: {{ error_ttl: 1s }}
         let headers = format!("{:?}", r.headers());
         seen.push_str(&format!("{headers}\n{}\n", r.text().await.unwrap()));
         let d = client()
-            .get(format!(
-                "http://127.0.0.1:{admin}/v1/decision?ip={addr}&lookup=true"
-            ))
+            .get(run.admin_url(&format!("/v1/decision?ip={addr}&lookup=true")))
             .send()
             .await
             .unwrap();
@@ -321,7 +304,7 @@ cache: {{ error_ttl: 1s }}
     }
     for path in ["metrics", "readyz", "v1/bans"] {
         let r = client()
-            .get(format!("http://127.0.0.1:{admin}/{path}"))
+            .get(run.admin_url(&format!("/{path}")))
             .send()
             .await
             .unwrap();
@@ -363,10 +346,10 @@ cache: {{ error_ttl: 1s }}
         seen.push_str(&text);
         seen.push_str(&String::from_utf8_lossy(&out.stderr));
     }
-    child.kill().await.unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    let logs =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    run.child.kill().await.unwrap();
+    let out = run.child.wait_with_output().await.unwrap();
+    let stdout = run.stdout.await.unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr).to_string() + &stdout;
     assert!(logs.contains("iocscout"), "trace logs were not captured");
     seen.push_str(&logs);
     assert!(emu.calls(Api::Iocscout) > 0);

@@ -76,6 +76,9 @@ pub async fn demo(listen: SocketAddr) -> Result<(), Failure> {
     let listeners = server::bind(&gate)
         .await
         .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
+    for l in &listeners {
+        super::run::announce("listening on", l)?;
+    }
     let addr = listeners
         .first()
         .and_then(|l| l.local_addr().ok())

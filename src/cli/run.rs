@@ -22,6 +22,22 @@ fn with_upstream(mut cfg: Config, upstream: &Option<String>) -> Result<Config, F
     Ok(cfg)
 }
 
+/// Prints `WHAT ADDR` on stdout with the address `listener` is bound to (the port the
+/// system chose for `:0`) and flushes, so whoever started the process can connect.
+pub(crate) fn announce(
+    what: &str,
+    listener: &tokio::net::TcpListener,
+) -> Result<std::net::SocketAddr, Failure> {
+    use std::io::Write;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("{what}: {e}")))?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{what} {addr}");
+    let _ = out.flush();
+    Ok(addr)
+}
+
 pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<(), Failure> {
     let explicit = config.is_some();
     let path = config.unwrap_or_else(|| PathBuf::from("policy.yaml"));
@@ -52,6 +68,9 @@ pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<()
     let listeners = server::bind(&gate)
         .await
         .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
+    for l in &listeners {
+        announce("listening on", l)?;
+    }
 
     let reload: Option<admin::Reload> = from_file.then(|| {
         let gate = gate.clone();
@@ -82,6 +101,7 @@ pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<()
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+        let addr = announce("admin listening on", &listener)?;
         let render: admin::MetricsRender = Arc::new(move || prometheus.render());
         let app = admin::router(gate.clone(), Some(render), reload.clone());
         tracing::info!(listen = %addr, "admin API listening");

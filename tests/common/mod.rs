@@ -108,14 +108,149 @@ pub async fn read_raw(
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-/// Starts `ipgate run -c policy` (killed when dropped; its logs discarded).
-pub fn spawn_run(policy: &std::path::Path) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ipgate"))
-        .args(["run", "-c", policy.to_str().unwrap()])
+/// A running `ipgate run`, with the addresses it printed once its sockets were bound
+/// (killed when dropped).
+pub struct Running {
+    pub child: tokio::process::Child,
+    /// The gateway's listeners (`listening on ADDR`), in the order printed.
+    pub gateway: Vec<SocketAddr>,
+    /// The admin API (`admin listening on ADDR`), when the policy has `admin`.
+    pub admin: Option<SocketAddr>,
+    /// All the process wrote on stdout, once it has closed it.
+    pub stdout: tokio::task::JoinHandle<String>,
+}
+
+impl Running {
+    /// `http://GATEWAY{path}` for the first gateway listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gateway[0], path)
+    }
+
+    /// `http://ADMIN{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        let admin = self.admin.expect("the policy has no admin API");
+        format!("http://{admin}{path}")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("ipgate already reaped")
+    }
+}
+
+/// Starts `ipgate run -c policy` (its logs discarded) and waits until it has printed
+/// the addresses it listens on.
+pub async fn spawn_run(policy: &std::path::Path) -> Running {
+    spawn_run_with(policy, |_| {}).await
+}
+
+/// As [`spawn_run`], with `setup` adjusting the command (environment, stderr) first.
+/// The policy's `listen` and `admin` keys say which lines to wait for.
+pub async fn spawn_run_with(
+    policy: &std::path::Path,
+    setup: impl FnOnce(&mut tokio::process::Command),
+) -> Running {
+    let (gateways, admin) = listeners_in(policy);
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ipgate"));
+    cmd.args(["run", "-c", policy.to_str().unwrap()])
         .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+        .kill_on_drop(true);
+    setup(&mut cmd);
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let (gateway, admin, stdout) = read_listening(&mut child, gateways, admin).await;
+    Running {
+        child,
+        gateway,
+        admin,
+        stdout,
+    }
+}
+
+/// How many gateway listeners the policy file asks for, and whether it has an admin API.
+fn listeners_in(policy: &std::path::Path) -> (usize, bool) {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        listen: Option<OneOrMany>,
+        admin: Option<serde::de::IgnoredAny>,
+    }
+    let text = std::fs::read_to_string(policy).unwrap();
+    let shape: Shape =
+        serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", policy.display()));
+    let gateways = match shape.listen {
+        None | Some(OneOrMany::One(_)) => 1,
+        Some(OneOrMany::Many(v)) => v.len(),
+    };
+    (gateways, shape.admin.is_some())
+}
+
+/// Reads `child`'s stdout (at most 10 s) until it has printed `gateways` lines
+/// `listening on ADDR` and, when `admin`, a line `admin listening on ADDR`. The rest of
+/// stdout is read in the background (so the pipe never fills) and returned, with these
+/// lines, by the handle.
+pub async fn read_listening(
+    child: &mut tokio::process::Child,
+    gateways: usize,
+    admin: bool,
+) -> (
+    Vec<SocketAddr>,
+    Option<SocketAddr>,
+    tokio::task::JoinHandle<String>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    let mut gateway = Vec::new();
+    let mut admin_addr = None;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gateway.len() < gateways || (admin && admin_addr.is_none()) {
+        let line = match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None) | Err(_)) => {
+                let status = child.wait().await;
+                panic!("ipgate ended ({status:?}) before it was listening; stdout:\n{seen}")
+            }
+            Err(_) => panic!("ipgate printed no listening lines within 10 s; stdout:\n{seen}"),
+        };
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(a) = line.strip_prefix("admin listening on ") {
+            admin_addr = Some(a.parse().unwrap_or_else(|_| panic!("bad line {line:?}")));
+        } else if let Some(a) = line.strip_prefix("listening on ") {
+            gateway.push(a.parse().unwrap_or_else(|_| panic!("bad line {line:?}")));
+        }
+    }
+    let rest = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    (gateway, admin_addr, rest)
+}
+
+/// Polls `cond` every 20 ms until it holds; panics saying `what` did not happen when
+/// it still does not hold after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: std::time::Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits (at most 5 s) until `url` answers with status `want`.
@@ -129,15 +264,6 @@ pub async fn wait_for_status(url: &str, want: u16) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("{url} never answered {want}");
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Sends a signal with the `kill` command.
