@@ -247,7 +247,7 @@ pub enum Evaluation {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TraceStep {
     pub rule: String,
-    /// matched, not matched, needs reputation, lookup failed
+    /// matched, not matched, needs reputation, skipped: reputation unavailable
     pub result: &'static str,
 }
 
@@ -289,50 +289,40 @@ impl Policy {
         start: usize,
         mut trace: Option<&mut Vec<TraceStep>>,
     ) -> Evaluation {
+        // The first rule skipped because it could not be decided without reputation.
+        let mut skipped = None;
         for (index, rule) in self.rules.iter().enumerate().skip(start) {
             // Without reputation, local facts alone decide or ask for a look-up. With it,
-            // one evaluation does (local facts are checked first inside it); only when
-            // the look-up failed do local facts alone say whether on_error must decide.
+            // one evaluation does (local facts are checked first inside it). When the
+            // look-up failed, local facts alone decide; a rule they cannot decide is
+            // skipped, and on_error decides only when no later rule applies.
             let result = match rep {
                 None => match rule.cond.eval(ip, facts, None) {
                     Some(decided) => decided,
                     None => {
-                        if let Some(t) = trace.as_deref_mut() {
-                            t.push(TraceStep {
-                                rule: rule.name.to_string(),
-                                result: "needs reputation",
-                            });
-                        }
+                        step(&mut trace, rule, "needs reputation");
                         return Evaluation::NeedsReputation { from: index };
                     }
                 },
                 // Nobody answered; or the rule reads one named provider and that
-                // provider could not answer: on_error decides, not a guess.
+                // provider could not answer: never a guess from the others.
                 Some(l) if l.failed() || rule.cond.provider.is_some_and(|p| l.failed_for(p)) => {
                     match rule.cond.eval(ip, facts, None) {
                         Some(decided) => decided,
                         None => {
-                            if let Some(t) = trace.as_deref_mut() {
-                                t.push(TraceStep {
-                                    rule: rule.name.to_string(),
-                                    result: "lookup failed",
-                                });
-                            }
-                            return Evaluation::Decided(Outcome::LookupFailed {
-                                index,
-                                action: self.on_error,
-                            });
+                            step(&mut trace, rule, "skipped: reputation unavailable");
+                            skipped.get_or_insert(index);
+                            continue;
                         }
                     }
                 }
                 Some(l) => rule.cond.eval(ip, facts, Some(l)).unwrap_or(false),
             };
-            if let Some(t) = trace.as_deref_mut() {
-                t.push(TraceStep {
-                    rule: rule.name.to_string(),
-                    result: if result { "matched" } else { "not matched" },
-                });
-            }
+            step(
+                &mut trace,
+                rule,
+                if result { "matched" } else { "not matched" },
+            );
             if result {
                 return Evaluation::Decided(Outcome::Rule {
                     index,
@@ -340,7 +330,23 @@ impl Policy {
                 });
             }
         }
-        Evaluation::Decided(Outcome::Default(self.default))
+        Evaluation::Decided(match skipped {
+            Some(index) => Outcome::LookupFailed {
+                index,
+                action: self.on_error,
+            },
+            None => Outcome::Default(self.default),
+        })
+    }
+}
+
+/// Records one step of an evaluation, when tracing.
+fn step(trace: &mut Option<&mut Vec<TraceStep>>, rule: &CompiledRule, result: &'static str) {
+    if let Some(t) = trace.as_deref_mut() {
+        t.push(TraceStep {
+            rule: rule.name.to_string(),
+            result,
+        });
     }
 }
 

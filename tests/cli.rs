@@ -124,6 +124,42 @@ fn check_explains_the_decision() {
 }
 
 #[test]
+fn check_without_lookup_still_asks_the_local_file_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let rep = dir.path().join("rep.yaml");
+    std::fs::write(&rep, "198.51.100.40: { status: threat, score: 90 }\n").unwrap();
+    let f = dir.path().join("p.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "providers: {{ file: {{ path: '{}' }} }}\nrules:\n  - {{ name: block-threats, when: {{ status: threat }}, action: block }}\n",
+            rep.display()
+        ),
+    )
+    .unwrap();
+    let out = ipgate(&[
+        "check",
+        "-c",
+        f.to_str().unwrap(),
+        "198.51.100.40",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["decision"].as_str(), v["rule"].as_str()),
+        (Some("block"), Some("block-threats")),
+        "{v}"
+    );
+    assert_eq!(v["reputation"]["file"]["score"], 90, "{v}");
+}
+
+#[test]
 fn run_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("p.yaml");

@@ -154,3 +154,30 @@ async fn a_tor_feed_saves_the_provider_call() {
     assert_eq!(g.decide(ip("198.51.100.20")).await.rule(), "block-tor");
     assert_eq!(emu.calls(Api::Iocscout), 1);
 }
+
+#[tokio::test]
+async fn local_facts_decide_when_the_provider_fails() {
+    let emu = Emulator::start(EmuKeys {
+        iocscout: "k",
+        ipswamp: "k",
+    })
+    .await;
+    emu.set_fault(Api::Iocscout, Scope::All, Fault::Status(500, None));
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("vpn.txt");
+    std::fs::write(&list, "198.51.100.30\n").unwrap();
+    // The first rule needs reputation; the provider fails; on_error says allow. The
+    // VPN rule holds on the tagged feed alone, so it decides.
+    let g = gate(&format!(
+        "providers:\n  iocscout: {{ api_key: k, base_url: '{}', daily_quota: 10 }}\nlookup: {{ on_error: allow }}\nlists:\n  feeds:\n    - {{ name: vpns, source: '{}', tag: vpn }}\nrules:\n  - {{ name: allow-scanners, when: {{ status: safe }}, action: allow }}\n  - {{ name: block-threats, when: {{ status: threat }}, action: block }}\n  - {{ name: block-vpn, when: {{ vpn: true }}, action: block }}\n",
+        emu.iocscout_url(),
+        list.display()
+    ))
+    .await;
+    let d = g.decide(ip("198.51.100.30")).await;
+    assert_eq!((d.rule(), d.is_blocked()), ("block-vpn", true));
+    assert_eq!(emu.calls(Api::Iocscout), 1);
+    // Not in the feed: nothing local applies, on_error decides.
+    let d = g.decide(ip("198.51.100.31")).await;
+    assert_eq!((d.rule(), d.is_blocked()), ("lookup-error", false));
+}

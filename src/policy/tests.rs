@@ -285,3 +285,34 @@ fn not_inherits_the_provider() {
         ("ioc-not-safe".into(), Action::Block)
     );
 }
+
+#[test]
+fn with_reputation_unavailable_local_facts_still_decide() {
+    let p = policy();
+    let failed = Lookup {
+        errors: vec![(
+            ErrorSource::Provider(ProviderId::Iocscout),
+            "HTTP 500".into(),
+        )],
+        ..Lookup::default()
+    };
+    // A listed Tor exit: allow-scanners .. block-score are skipped (they need
+    // reputation), block-tor holds on the tagged feed alone.
+    let tor = facts().tor[0].to_string();
+    assert_eq!(
+        decide(&p, &tor, &failed),
+        ("block-tor".into(), Action::Block)
+    );
+    let mut trace = Vec::new();
+    let facts = facts();
+    p.evaluate(ip(&tor), &facts, Some(&failed), 1, Some(&mut trace));
+    assert_eq!(
+        (trace[0].rule.as_str(), trace[0].result),
+        ("allow-scanners", "skipped: reputation unavailable")
+    );
+    // Nothing local applies: on_error decides.
+    assert_eq!(
+        decide(&p, "203.0.113.5", &failed),
+        ("lookup-error".into(), Action::Allow)
+    );
+}
