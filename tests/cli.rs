@@ -432,3 +432,135 @@ async fn check_beside_a_running_gateway_that_holds_the_cache() {
         "{s}"
     );
 }
+
+fn validate_env_free(f: &std::path::Path) -> std::process::Output {
+    ipgate(&["validate", "-c", f.to_str().unwrap()])
+}
+
+#[test]
+fn validate_refuses_what_run_refuses_and_reports_all_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    let cases: [(&str, &[&str]); 4] = [
+        ("", &["sets nothing"]),
+        ("# only a comment\n\n", &["sets nothing"]),
+        (
+            "admin: { listen: 0.0.0.0:9090 }\nupstream: http://127.0.0.1:3000\n",
+            &["1:10: key `admin.listen`", "admin.token"],
+        ),
+        // Every problem at once: no upstream, a block page that cannot be read.
+        (
+            "block_response: { html: /nonexistent/blocked.html }\n",
+            &["key `upstream`", "/nonexistent/blocked.html"],
+        ),
+    ];
+    for (text, wants) in cases {
+        std::fs::write(&f, text).unwrap();
+        let out = validate_env_free(&f);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text:?}: {err}");
+        for want in wants {
+            assert!(err.contains(want), "{text:?}: `{want}` not in {err}");
+        }
+    }
+    // The admin API off loopback with a token is fine, and so is `run`'s refusal.
+    std::fs::write(
+        &f,
+        "admin: { listen: 0.0.0.0:0 }\nlisten: 127.0.0.1:0\nupstream: http://127.0.0.1:3000\n",
+    )
+    .unwrap();
+    let out = ipgate(&["run", "-c", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin.token"));
+    std::fs::write(
+        &f,
+        "admin: { listen: 0.0.0.0:9090, token: s3cret }\nupstream: http://127.0.0.1:3000\n",
+    )
+    .unwrap();
+    assert_eq!(validate_env_free(&f).status.code(), Some(0));
+}
+
+#[test]
+fn errors_name_the_key_at_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    let cases = [
+        (
+            "upstream: http://127.0.0.1:3000\nlimits:\n  idle_timeout: 5s\nlimits2: 3\n",
+            ":4:1: key `limits2`: unknown field",
+        ),
+        (
+            "upstream: http://127.0.0.1:3000\nrules:\n  - name: a\n    when: { status: bogus }\n    action: block\n",
+            ":4:13: key `rules.when.status`",
+        ),
+        (
+            "upstream: http://127.0.0.1:3000\n# a comment\n  listen: 127.0.0.1:8080\n",
+            ":3:3: key `listen`",
+        ),
+    ];
+    for (text, want) in cases {
+        std::fs::write(&f, text).unwrap();
+        let out = validate_env_free(&f);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(want), "`{want}` not in {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_reload_refuses_an_emptied_or_upstream_less_file() {
+    let up = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    let good = format!(
+        "listen: 127.0.0.1:0\nupstream: {}\nreload: {{ watch: true }}\nlists: {{ block: [127.0.0.1] }}\nadmin: {{ listen: 127.0.0.1:0, token: t0k }}\n",
+        up.url()
+    );
+    std::fs::write(&f, &good).unwrap();
+    let run = spawn_run(&f).await;
+    let url = run.url("/");
+    let admin = format!("http://{}", run.admin.unwrap());
+    assert_eq!(
+        common::client().get(&url).send().await.unwrap().status(),
+        403
+    );
+    let reload_errors = || async {
+        let text = common::client()
+            .get(format!("{admin}/metrics"))
+            .bearer_auth("t0k")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("ipgate_config_reloads_total{result=\"error\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Truncated to nothing, then a file without an upstream: both refused.
+    let bad = [
+        String::new(),
+        good.replace(&format!("upstream: {}\n", up.url()), ""),
+    ];
+    for (i, text) in bad.iter().enumerate() {
+        std::fs::write(&f, text).unwrap();
+        common::eventually("the reload is refused", Duration::from_secs(5), || async {
+            reload_errors().await > i as u64
+        })
+        .await;
+        // The block list, and the admin token, are still in force.
+        assert_eq!(
+            common::client().get(&url).send().await.unwrap().status(),
+            403
+        );
+        let r = common::client()
+            .get(format!("{admin}/v1/bans"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+}

@@ -144,18 +144,67 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 /// Loads and fully checks a configuration file (including files it names).
 pub(crate) fn load(path: &Path) -> Result<Config, Failure> {
     let cfg = Config::from_file(path).map_err(|e| Failure::Config(anyhow::Error::new(e)))?;
-    ipgate::BlockPage::from_config(&cfg.block_response)
-        .map_err(|e| Failure::Config(anyhow::Error::new(e).context(path.display().to_string())))?;
-    if let Some(tls) = &cfg.tls {
-        ipgate::server::tls_acceptor(&tls.cert.0, &tls.key.0).map_err(|e| {
-            Failure::Config(anyhow::Error::new(e).context(path.display().to_string()))
-        })?;
-    }
+    let problems = file_problems(&cfg);
+    refuse(path, problems)?;
     Ok(cfg)
 }
 
+/// Problems with the files the configuration names (block page template, TLS pair).
+fn file_problems(cfg: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = ipgate::BlockPage::from_config(&cfg.block_response) {
+        problems.push(format!("{:#}", anyhow::Error::new(e)));
+    }
+    if let Some(tls) = &cfg.tls
+        && let Err(e) = ipgate::server::tls_acceptor(&tls.cert.0, &tls.key.0)
+    {
+        problems.push(format!("{:#}", anyhow::Error::new(e)));
+    }
+    problems
+}
+
+/// Every problem at once, each line naming the file.
+fn refuse(path: &Path, problems: Vec<String>) -> Result<(), Failure> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let file = path.display();
+    let lines: Vec<String> = problems.iter().map(|p| format!("{file}: {p}")).collect();
+    Err(Failure::Config(anyhow::anyhow!("{}", lines.join("\n"))))
+}
+
+/// Loads a file the gateway is to run on: everything [`load`] checks, and an upstream
+/// (from the file, or `upstream` when given, which replaces it). `run`, a reload and
+/// `validate` refuse the same files, and report every problem at once.
+pub(crate) fn load_for_gateway(path: &Path, upstream: Option<&str>) -> Result<Config, Failure> {
+    let mut cfg = Config::from_file(path).map_err(|e| Failure::Config(anyhow::Error::new(e)))?;
+    let mut problems = file_problems(&cfg);
+    match with_upstream(&mut cfg, upstream) {
+        Err(e) => problems.push(e),
+        Ok(()) if cfg.upstream.is_none() => problems.push(NO_UPSTREAM.to_string()),
+        Ok(()) => {}
+    }
+    refuse(path, problems)?;
+    Ok(cfg)
+}
+
+pub(crate) const NO_UPSTREAM: &str = "key `upstream`: required to run the gateway: set `upstream:` in the file, or pass --upstream URL (or IPGATE_UPSTREAM)";
+
+/// Applies `--upstream` / `IPGATE_UPSTREAM` when given.
+pub(crate) fn with_upstream(cfg: &mut Config, upstream: Option<&str>) -> Result<(), String> {
+    if let Some(u) = upstream {
+        let u = ipgate::config::parse_url(u)
+            .map_err(|e| format!("--upstream / IPGATE_UPSTREAM: {e}"))?;
+        cfg.upstream = Some(ipgate::config::Url(u));
+    }
+    Ok(())
+}
+
 fn validate(path: &Path) -> Result<(), Failure> {
-    load(path)?;
+    let upstream = std::env::var("IPGATE_UPSTREAM")
+        .ok()
+        .filter(|u| !u.is_empty());
+    load_for_gateway(path, upstream.as_deref())?;
     println!("{}: valid", path.display());
     Ok(())
 }

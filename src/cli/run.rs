@@ -8,19 +8,10 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, anyhow};
 use futures_util::FutureExt;
 
-use ipgate::config::{Config, Url, parse_url};
+use ipgate::config::Config;
 use ipgate::{Gate, admin, server};
 
-use super::{Failure, load};
-
-fn with_upstream(mut cfg: Config, upstream: &Option<String>) -> Result<Config, Failure> {
-    if let Some(u) = upstream {
-        let u = parse_url(u)
-            .map_err(|e| Failure::Config(anyhow!("--upstream / IPGATE_UPSTREAM: {e}")))?;
-        cfg.upstream = Some(Url(u));
-    }
-    Ok(cfg)
-}
+use super::{Failure, NO_UPSTREAM, load_for_gateway, with_upstream};
 
 /// Prints `WHAT ADDR` on stdout with the address `listener` is bound to (the port the
 /// system chose for `:0`) and flushes, so whoever started the process can connect.
@@ -43,17 +34,16 @@ pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<()
     let path = config.unwrap_or_else(|| PathBuf::from("policy.yaml"));
     let from_file = explicit || path.exists();
     let cfg = if from_file {
-        load(&path)?
+        load_for_gateway(&path, upstream.as_deref())?
     } else {
         tracing::info!("no ./policy.yaml: using the built-in defaults");
-        Config::default()
+        let mut cfg = Config::default();
+        with_upstream(&mut cfg, upstream.as_deref()).map_err(|e| Failure::Config(anyhow!(e)))?;
+        if cfg.upstream.is_none() {
+            return Err(Failure::Config(anyhow!(NO_UPSTREAM)));
+        }
+        cfg
     };
-    let cfg = with_upstream(cfg, &upstream)?;
-    if cfg.upstream.is_none() {
-        return Err(Failure::Config(anyhow!(
-            "no upstream: set `upstream:` in the config, or pass --upstream URL (or IPGATE_UPSTREAM)"
-        )));
-    }
 
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -81,7 +71,7 @@ pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<()
             let path = path.clone();
             let upstream = upstream.clone();
             async move {
-                let cfg = match load(&path).and_then(|c| with_upstream(c, &upstream)) {
+                let cfg = match load_for_gateway(&path, upstream.as_deref()) {
                     Ok(c) => c,
                     Err(Failure::Config(e) | Failure::Runtime(e)) => {
                         metrics::counter!(ipgate::metrics::CONFIG_RELOADS, "result" => "error").increment(1);

@@ -156,6 +156,15 @@ fn declared_key(line: &str) -> Option<&str> {
     .then_some(k)
 }
 
+/// True when a `key:` line holds no value of its own (what follows is nested under it):
+/// only such a line can be the parent of a more indented one.
+fn opens_block(line: &str) -> bool {
+    line.split_once(':').is_some_and(|(_, v)| {
+        let v = v.trim();
+        v.is_empty() || v.starts_with('#') || v.starts_with('|') || v.starts_with('>')
+    })
+}
+
 /// Dotted key path of the value at (line, column), from the indentation of the text.
 fn key_path(text: &str, line: u64, column: u64) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -195,6 +204,19 @@ fn key_path(text: &str, line: u64, column: u64) -> String {
             _ => word.push(c),
         }
     }
+    // The position may be the start of a key (an unknown field, a bad value reported at
+    // its key): that key is the one named.
+    let rest = here.get(col..).unwrap_or("");
+    let name: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    if !name.is_empty()
+        && rest[name.len()..].trim_start().starts_with(':')
+        && let Some(top) = stack.last_mut()
+    {
+        *top = Some(name);
+    }
     let mut parts: Vec<String> = stack.into_iter().flatten().collect();
     parts.reverse();
     let mut indent = indent_of(here);
@@ -209,6 +231,7 @@ fn key_path(text: &str, line: u64, column: u64) -> String {
         let ind = indent_of(l);
         if ind < indent
             && let Some(k) = declared_key(l)
+            && opens_block(l)
         {
             parts.push(k.to_string());
             indent = ind;
@@ -264,6 +287,22 @@ mod tests {
         assert_eq!(key_path(DOC, 5, 7), "lists.allow");
         assert_eq!(key_path(DOC, 6, 20), "lists.block");
         assert_eq!(key_path(DOC, 8, 37), "rules.when.score_above");
+    }
+
+    #[test]
+    fn the_key_at_the_position_is_named_not_its_neighbour() {
+        // An unknown top-level key after a block: not `limits.limits2`.
+        let doc = "limits:\n  header_read_timeout: 10s\nlimits2: 3\n";
+        assert_eq!(key_path(doc, 3, 1), "limits2");
+        // A value reported at its key inside a flow mapping.
+        let doc = "rules:\n  - name: a\n    when: { status: bogus }\n";
+        assert_eq!(key_path(doc, 3, 13), "rules.when.status");
+        // A line with a scalar value is never a parent: a mis-indented key after it,
+        // with a comment between, is itself.
+        let doc = "upstream: http://127.0.0.1:3000\n# comment\n  listen: 127.0.0.1:8080\n";
+        assert_eq!(key_path(doc, 3, 3), "listen");
+        // A position in a comment names no key rather than a wrong one.
+        assert_eq!(key_path(doc, 2, 3), "");
     }
 
     #[test]

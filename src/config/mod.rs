@@ -478,7 +478,24 @@ impl Config {
     }
 
     /// Parses and validates configuration text; `origin` names it in errors.
+    /// A text with no key at all (empty, blank, comments only: a truncated file) is an
+    /// error, never the built-in defaults; write `{}` to mean "all defaults".
     pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let has_content = text.lines().any(|l| {
+            let t = l.trim();
+            !t.is_empty() && !t.starts_with('#') && t != "---" && t != "..."
+        });
+        if !has_content {
+            return Err(ConfigError::Invalid {
+                file: origin.to_string(),
+                issues: vec![ConfigIssue {
+                    line: 1,
+                    column: 1,
+                    key: String::new(),
+                    message: "the file sets nothing (empty or truncated?): refusing to fall back to the built-in defaults; write `{}` to mean all defaults".into(),
+                }],
+            });
+        }
         scalar::clear_issues();
         let parsed: Result<Config, serde_saphyr::Error> = serde_saphyr::from_str(text);
         let leaf_issues = scalar::take_issues();

@@ -110,6 +110,18 @@ impl Config {
                 ));
             }
         }
+        if let Some(admin) = &self.admin
+            && !admin.listen.0.ip().is_loopback()
+            && admin.token.as_ref().is_none_or(|t| t.0.trim().is_empty())
+        {
+            issues.push(ConfigIssue::keyed(
+                "admin.listen",
+                format!(
+                    "{} is reachable off this machine: set admin.token (the admin API can ban, reload and flush), or listen on a loopback address",
+                    admin.listen.0
+                ),
+            ));
+        }
         if self.lookup.timeout.0.is_zero() {
             issues.push(ConfigIssue::keyed("lookup.timeout", "must be more than 0"));
         }
