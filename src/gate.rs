@@ -214,7 +214,11 @@ async fn build_snapshot(
         Feeds::empty()
     } else {
         let client = crate::providers::http_client()?;
-        Feeds::start(&config.lists.feeds, feed_store_dir(&config), client).await
+        let dir = feed_store_dir(&config);
+        match previous {
+            Some(p) => Feeds::reloaded(p.feeds(), &config.lists.feeds, dir, client).await,
+            None => Feeds::start(&config.lists.feeds, dir, client).await,
+        }
     };
     Ok(Snapshot::new(Parts {
         config,

@@ -181,3 +181,40 @@ async fn local_facts_decide_when_the_provider_fails() {
     let d = g.decide(ip("198.51.100.31")).await;
     assert_eq!((d.rule(), d.is_blocked()), ("lookup-error", false));
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_lists_of_feeds_whose_source_is_down() {
+    let body = Arc::new(Mutex::new("198.51.100.50\n".to_string()));
+    let (url, server) = feed_server(body).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("local.txt");
+    std::fs::write(&file, "198.51.100.51\n").unwrap();
+    let yaml = format!(
+        "lists:\n  feeds:\n    - {{ name: remote, source: '{url}', refresh: 1h }}\n    - {{ name: local, source: '{}', refresh: 1h }}\nrules:\n  - {{ name: block-listed, when: {{ in_list: [remote, local] }}, action: block }}\n",
+        file.display()
+    );
+    let g = gate(&yaml).await;
+    assert_eq!(g.decide(ip("198.51.100.50")).await.rule(), "block-listed");
+    assert_eq!(g.decide(ip("198.51.100.51")).await.rule(), "block-listed");
+
+    // Both sources break: the server is gone, the file is removed. No cache.path, so
+    // there is no stored copy to fall back on.
+    server.abort();
+    let _ = server.await;
+    std::fs::remove_file(&file).unwrap();
+    g.reload(Config::from_yaml(&yaml, "t").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(g.decide(ip("198.51.100.50")).await.rule(), "block-listed");
+    assert_eq!(g.decide(ip("198.51.100.51")).await.rule(), "block-listed");
+    assert!(
+        g.readiness_problems().is_empty(),
+        "{:?}",
+        g.readiness_problems()
+    );
+    let status = g.feeds().status();
+    assert!(
+        status.iter().all(|f| f.loaded && f.entries == 1),
+        "{status:?}"
+    );
+}

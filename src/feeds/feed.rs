@@ -113,9 +113,41 @@ impl Feed {
         }
     }
 
-    /// The load at start: the source, else the stored copy.
+    /// Takes over the list in use (and what identifies it) of the same feed in the
+    /// configuration being replaced, when it reads the same source in the same format.
+    /// True when it did.
+    pub(super) fn carry_from(&self, old: &Feed) -> bool {
+        if old.source_text != self.source_text || old.format != self.format {
+            return false;
+        }
+        let old_state = old.state();
+        if !old_state.loaded {
+            return false;
+        }
+        self.set.store(old.set.load_full());
+        let mut st = self.state();
+        st.loaded = true;
+        st.from_store = old_state.from_store;
+        st.entries = old_state.entries;
+        st.last_ok = old_state.last_ok;
+        st.validators = old_state.validators.clone();
+        st.stamp = old_state.stamp.clone();
+        true
+    }
+
+    /// The load at start: the source, else the stored copy. After a reload that
+    /// carried the list over, a failing source keeps that list.
     pub(super) async fn initial_load(&self) {
         if self.refresh().await.is_ok() {
+            self.publish_age();
+            return;
+        }
+        if self.state().loaded {
+            tracing::warn!(
+                feed = %self.name,
+                entries = self.state().entries,
+                "source failed at reload; keeping the list in use"
+            );
             self.publish_age();
             return;
         }

@@ -199,16 +199,47 @@ impl Feeds {
         client: reqwest::Client,
         options: FeedOptions,
     ) -> Feeds {
+        Feeds::start_after(None, cfgs, store_dir, client, options).await
+    }
+
+    /// [`Feeds::start`] for a reload: a feed that reads the same source in the same
+    /// format as one of `previous` starts with that feed's list (a conditional refresh
+    /// follows), so a source that is down at reload time loses nothing.
+    pub async fn reloaded(
+        previous: &Feeds,
+        cfgs: &[FeedConfig],
+        store_dir: Option<PathBuf>,
+        client: reqwest::Client,
+    ) -> Feeds {
+        Feeds::start_after(
+            Some(previous),
+            cfgs,
+            store_dir,
+            client,
+            FeedOptions::default(),
+        )
+        .await
+    }
+
+    async fn start_after(
+        previous: Option<&Feeds>,
+        cfgs: &[FeedConfig],
+        store_dir: Option<PathBuf>,
+        client: reqwest::Client,
+        options: FeedOptions,
+    ) -> Feeds {
         let store = store_dir.map(Store::new);
         let feeds: Vec<Arc<Feed>> = cfgs
             .iter()
             .map(|cfg| {
-                Arc::new(Feed::new(
-                    cfg,
-                    store.clone(),
-                    client.clone(),
-                    options.clone(),
-                ))
+                let feed = Feed::new(cfg, store.clone(), client.clone(), options.clone());
+                if let Some(old) =
+                    previous.and_then(|p| p.inner.feeds.iter().find(|f| f.name == feed.name))
+                    && feed.carry_from(old)
+                {
+                    tracing::debug!(feed = %feed.name, "list carried over the reload");
+                }
+                Arc::new(feed)
             })
             .collect();
         futures_util::future::join_all(feeds.iter().map(|f| f.initial_load())).await;
