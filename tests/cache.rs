@@ -550,3 +550,63 @@ async fn a_reload_that_resizes_the_cache_keeps_the_store_and_the_entries() {
     g.close().await;
     assert_eq!(g.reputation_cache().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_damaged_cache_file_is_a_clear_error_and_left_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("cache.redb");
+    std::fs::write(
+        dir.path().join("rep.yaml"),
+        "11.0.0.0/8: { status: unknown }\n",
+    )
+    .unwrap();
+    let f = dir.path().join("policy.yaml");
+    std::fs::write(
+        &f,
+        "listen: 127.0.0.1:0\nupstream: http://127.0.0.1:9\ncache: { path: cache.redb }\nproviders: { file: { path: rep.yaml } }\nrules:\n  - { name: t, when: { status: threat }, action: block }\n",
+    )
+    .unwrap();
+    // Fill the store through the gate: 20 000 cached answers span many pages.
+    {
+        let g = Gate::from_config(Config::from_file(&f).unwrap())
+            .await
+            .unwrap();
+        for i in 0..20_000u32 {
+            g.decide(IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i)))
+                .await;
+        }
+        g.close().await;
+    }
+    common::eventually("the store is released", Duration::from_secs(5), || async {
+        !matches!(
+            redb::ReadOnlyDatabase::open(&store),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+        )
+    })
+    .await;
+    let whole = std::fs::read(&store).unwrap();
+    assert!(whole.len() > 1 << 20, "{} bytes", whole.len());
+    let half = whole[..whole.len() / 2].to_vec();
+    let mut middle = whole.clone();
+    let m = middle.len() / 2;
+    for (i, b) in middle[m..m + 4096].iter_mut().enumerate() {
+        *b = (i * 7919 % 251) as u8;
+    }
+    for damaged in [half, middle] {
+        std::fs::write(&store, &damaged).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ipgate"))
+            .args(["run", "-c", f.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("cache.redb") && err.contains("damaged") && err.contains("Move it aside"),
+            "{err}"
+        );
+        assert!(
+            std::fs::read(&store).unwrap() == damaged,
+            "the file was changed"
+        );
+    }
+}

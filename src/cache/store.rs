@@ -17,7 +17,12 @@ const FORMAT: &str = "ipgate-cache-1";
 
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
+    #[error(
+        "cache.path {path} is damaged ({cause}); it was left untouched. Move it aside (mv {path} {path}.damaged) and start again: the cache then starts empty, and today's quota counts restart from 0 unless the providers say otherwise"
+    )]
+    Damaged { path: String, cause: String },
     #[error("cache.path {path}: cannot open ({cause}); the file was left untouched")]
     Open { path: String, cause: String },
     #[error("cache.path {path} is in use by another process (a running gateway?)")]
@@ -43,31 +48,21 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (or creates) the store at `path`.
+    ///
+    /// An existing file is checked read-only first, every table read to the end: a
+    /// foreign or damaged file is refused and left byte-identical (a panic inside the
+    /// store is caught and reported as damage). A file that needs the repair redb does
+    /// after a crash is repaired on a copy, which replaces it only once it reads back
+    /// whole.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let p = path.display().to_string();
         let exists = path.exists();
         let db = if exists {
-            // Look before writing anything: a read-only open checks that this is our file
-            // (a full open may rewrite a foreign file's header). A file that needs repair
-            // after a crash cannot be opened read-only; the full open below repairs it,
-            // and the format is checked again after it.
-            match redb::ReadOnlyDatabase::open(path) {
-                Ok(ro) => {
-                    check_format(&ro, path)?;
-                    drop(ro);
-                }
-                Err(redb::DatabaseError::RepairAborted) => {}
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                    return Err(StoreError::Locked { path: p.clone() });
-                }
-                Err(e) => {
-                    return Err(StoreError::Open {
-                        path: p.clone(),
-                        cause: e.to_string(),
-                    });
-                }
+            match verify(path, &|p: &Path| redb::ReadOnlyDatabase::open(p))? {
+                Checked::Whole => {}
+                Checked::NeedsRepair => repair_on_a_copy(path)?,
             }
-            Database::open(path).map_err(|e| StoreError::Open {
+            guarded(path, || Database::open(path))?.map_err(|e| StoreError::Open {
                 path: p.clone(),
                 cause: e.to_string(),
             })?
@@ -87,9 +82,7 @@ impl Store {
             db: Arc::new(db),
             path: path.to_path_buf(),
         };
-        if exists {
-            check_format(store.db.as_ref(), path)?;
-        } else {
+        if !exists {
             store
                 .init()
                 .map_err(|cause| StoreError::Io { path: p, cause })?;
@@ -184,6 +177,119 @@ impl Store {
             }
         }
         tx.commit().map_err(|e| self.io(e))
+    }
+}
+
+/// What a read-only check of an existing file found.
+enum Checked {
+    /// Ours, and every table reads to the end.
+    Whole,
+    /// redb must repair it (after a crash) before it can be read.
+    NeedsRepair,
+}
+
+/// Runs `f`, turning a panic inside the store into [`StoreError::Damaged`].
+fn guarded<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let cause = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("the store failed while reading it");
+        StoreError::Damaged {
+            path: path.display().to_string(),
+            cause: cause.to_string(),
+        }
+    })
+}
+
+/// Opens `path` with `open` (read-only, or a full open of a copy), checks it is an
+/// ipgate cache and reads every row of every table.
+fn verify<D: ReadableDatabase>(
+    path: &Path,
+    open: &dyn Fn(&Path) -> Result<D, redb::DatabaseError>,
+) -> Result<Checked, StoreError> {
+    let p = path.display().to_string();
+    guarded(path, || {
+        let db = match open(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::RepairAborted) => return Ok(Checked::NeedsRepair),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Locked { path: p.clone() });
+            }
+            Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(cause))) => {
+                return Err(StoreError::Damaged {
+                    path: p.clone(),
+                    cause,
+                });
+            }
+            Err(e) => {
+                return Err(StoreError::Open {
+                    path: p.clone(),
+                    cause: e.to_string(),
+                });
+            }
+        };
+        check_format(&db, path)?;
+        read_everything(&db).map_err(|cause| StoreError::Damaged {
+            path: p.clone(),
+            cause,
+        })?;
+        Ok(Checked::Whole)
+    })?
+}
+
+/// Reads every key and value of every table (a damaged page fails or panics here).
+fn read_everything(db: &impl ReadableDatabase) -> Result<(), String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let reps = tx.open_table(REPUTATIONS).map_err(|e| e.to_string())?;
+    for row in reps.iter().map_err(|e| e.to_string())? {
+        let (k, v) = row.map_err(|e| e.to_string())?;
+        std::hint::black_box((k.value().len(), v.value().len()));
+    }
+    let quotas = tx.open_table(QUOTAS).map_err(|e| e.to_string())?;
+    for row in quotas.iter().map_err(|e| e.to_string())? {
+        let (k, v) = row.map_err(|e| e.to_string())?;
+        std::hint::black_box((k.value().len(), v.value()));
+    }
+    Ok(())
+}
+
+/// Repairs a copy of `path` (redb's repair writes to the file it opens) and puts it in
+/// place only when it reads back whole; otherwise `path` stays as it was.
+fn repair_on_a_copy(path: &Path) -> Result<(), StoreError> {
+    let p = path.display().to_string();
+    let mut copy = path.as_os_str().to_owned();
+    copy.push(".repairing");
+    let copy = PathBuf::from(copy);
+    std::fs::copy(path, &copy).map_err(|e| StoreError::Io {
+        path: p.clone(),
+        cause: format!("cannot copy it to repair it: {e}"),
+    })?;
+    let repaired = verify(&copy, &|c: &Path| Database::open(c)).and_then(|checked| match checked {
+        Checked::Whole => Ok(()),
+        Checked::NeedsRepair => Err(StoreError::Damaged {
+            path: p.clone(),
+            cause: "the repair did not complete".into(),
+        }),
+    });
+    match repaired {
+        Ok(()) => {
+            std::fs::rename(&copy, path).map_err(|e| StoreError::Io {
+                path: p.clone(),
+                cause: format!("cannot put the repaired copy in place: {e}"),
+            })?;
+            tracing::warn!(path = %p, "cache.path was repaired after an unclean shutdown");
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&copy);
+            Err(match e {
+                StoreError::Open { cause, .. } => StoreError::Damaged { path: p, cause },
+                StoreError::Damaged { cause, .. } => StoreError::Damaged { path: p, cause },
+                other => other,
+            })
+        }
     }
 }
 
@@ -313,5 +419,63 @@ mod tests {
             std::fs::read(&other).unwrap() == before,
             "foreign redb file modified"
         );
+    }
+}
+
+#[cfg(test)]
+mod damage {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A store with enough entries to span many pages.
+    fn filled(p: &Path) {
+        let s = Store::open(p).unwrap();
+        let writes: Vec<Write> = (0..20_000u32)
+            .map(|i| Write::Entry(IpKey::V4(i), entry_bytes(u64::MAX, &[b'x'; 60])))
+            .collect();
+        s.write(&writes).unwrap();
+        s.write(&[Write::Quota("iocscout".into(), 7, 3)]).unwrap();
+    }
+
+    fn try_open(p: &Path) -> String {
+        match std::panic::catch_unwind(|| Store::open(p).map(|s| s.load_entries().map(|e| e.len())))
+        {
+            Ok(Ok(Ok(n))) => format!("opened, {n} entries"),
+            Ok(Ok(Err(e))) => format!("load error: {e}"),
+            Ok(Err(e)) => format!("open error: {e}"),
+            Err(_) => "PANIC".into(),
+        }
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_untouched_and_never_panics_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.redb");
+        filled(&p);
+        let bytes = std::fs::read(&p).unwrap();
+        let half = bytes[..bytes.len() / 2].to_vec();
+        let mut mid = bytes.clone();
+        let m = mid.len() / 2;
+        for (i, b) in mid[m..m + 4096].iter_mut().enumerate() {
+            *b = (i * 7919 % 251) as u8;
+        }
+        for damaged in [half, mid] {
+            std::fs::write(&p, &damaged).unwrap();
+            let opened = try_open(&p);
+            assert!(
+                opened.starts_with("open error")
+                    && opened.contains("damaged")
+                    && opened.contains("Move it aside"),
+                "{opened}"
+            );
+            assert!(
+                std::fs::read(&p).unwrap() == damaged,
+                "the file was changed"
+            );
+            assert!(!dir.path().join("c.redb.repairing").exists());
+        }
+        // The intact file still opens with every entry.
+        std::fs::write(&p, &bytes).unwrap();
+        assert_eq!(try_open(&p), "opened, 20000 entries");
     }
 }
