@@ -131,7 +131,7 @@ impl Feed {
         st.entries = old_state.entries;
         st.last_ok = old_state.last_ok;
         st.validators = old_state.validators.clone();
-        st.stamp = old_state.stamp.clone();
+        st.stamp = old_state.stamp;
         true
     }
 
