@@ -34,6 +34,10 @@ pub enum GateError {
     /// `upstream` cannot be used.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// `tls` cannot be used (a reload keeps the pair in force).
+    #[cfg(feature = "gateway")]
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A provider (or the HTTP client providers and feeds share) cannot be set up.
     #[error(transparent)]
     Providers(#[from] crate::providers::ProviderBuildError),
@@ -124,10 +128,20 @@ impl Gate {
         .await;
         match built {
             Ok(live) => {
+                let restart = needs_restart(previous.config(), live.config());
                 let old = self.inner.live.swap(Arc::new(live));
                 old.feeds().stop();
-                metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "ok").increment(1);
-                tracing::info!("configuration reloaded");
+                if restart.is_empty() {
+                    metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "ok")
+                        .increment(1);
+                    tracing::info!("configuration reloaded");
+                } else {
+                    metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "restart_required").increment(1);
+                    tracing::warn!(
+                        changed = %restart.join("; "),
+                        "configuration reloaded, but these changes need a restart: the running listeners are kept"
+                    );
+                }
                 Ok(())
             }
             Err(e) => {
@@ -182,6 +196,23 @@ impl Gate {
     }
 }
 
+/// What changed between `old` and `new` that a reload cannot apply (the listeners are
+/// bound once, at start).
+fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    if old.listen != new.listen {
+        changed.push(format!("listen {:?} -> {:?}", old.listen, new.listen));
+    }
+    let admin = |c: &Config| c.admin.as_ref().map(|a| a.listen.0);
+    if admin(old) != admin(new) {
+        changed.push(format!("admin.listen {:?} -> {:?}", admin(old), admin(new)));
+    }
+    if old.tls.is_some() != new.tls.is_some() {
+        changed.push("tls turned on or off".to_string());
+    }
+    changed
+}
+
 /// Builds the state for `config`. With `previous` (a reload), the cache's entries,
 /// store and quota counters carry over.
 async fn build_snapshot(
@@ -195,6 +226,12 @@ async fn build_snapshot(
         .upstream
         .as_ref()
         .map(|u| Upstream::parse(&u.0))
+        .transpose()?;
+    #[cfg(feature = "gateway")]
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|t| crate::tls::tls_acceptor(&t.cert.0, &t.key.0))
         .transpose()?;
     let has_provider = config.providers.iocscout.is_some()
         || config.providers.ipswamp.is_some()
@@ -227,6 +264,8 @@ async fn build_snapshot(
         feeds,
         block_page,
         upstream,
+        #[cfg(feature = "gateway")]
+        tls,
         bans,
     }))
 }

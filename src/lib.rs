@@ -56,6 +56,8 @@ mod proxy;
 mod proxy_protocol;
 #[cfg(feature = "gateway")]
 pub mod server;
+#[cfg(feature = "gateway")]
+mod tls;
 
 pub use bans::{Ban, Bans};
 pub use block_page::{BlockBody, BlockPage, BlockPageError};

@@ -22,6 +22,7 @@ use tower_layer::Layer;
 use crate::gate::Gate;
 use crate::layer::ClientIp;
 use crate::proxy::{ConnSlot, Proxy};
+pub use crate::tls::{TlsError, tls_acceptor};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -34,21 +35,9 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
-    /// The certificate or key file cannot be read.
-    #[error("tls: cannot read {what} from {path}")]
-    TlsFile {
-        /// `certificates` or `a private key`.
-        what: &'static str,
-        path: String,
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
-    /// The certificate file holds no certificate.
-    #[error("tls: {0} holds no certificate")]
-    NoCertificate(String),
-    /// rustls refused the certificate and key.
-    #[error("tls: certificate and key do not fit")]
-    Tls(#[source] tokio_rustls::rustls::Error),
+    /// The certificate and key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// `upstream` is missing.
     #[error(
         "`upstream` is required to run the gateway (set it in the config, or use --upstream / IPGATE_UPSTREAM)"
@@ -80,36 +69,6 @@ impl std::fmt::Display for BodyError {
 }
 
 impl std::error::Error for BodyError {}
-
-/// Loads the certificate chain and key (PEM) and offers h2 and http/1.1 by ALPN.
-pub fn tls_acceptor(cert: &str, key: &str) -> Result<TlsAcceptor, ServerError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|source| ServerError::TlsFile {
-            what: "certificates",
-            path: cert.to_string(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(ServerError::NoCertificate(cert.to_string()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| ServerError::TlsFile {
-        what: "a private key",
-        path: key.to_string(),
-        source,
-    })?;
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(ServerError::Tls)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(ServerError::Tls)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
 
 /// Activity of one connection, for the idle watchdog.
 struct Activity {
@@ -148,9 +107,14 @@ pub async fn serve(
         .min(Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let tls = match &gate.config().tls {
-        Some(t) => Some(tls_acceptor(&t.cert.0, &t.key.0)?),
-        None => None,
+    // Whether the listeners speak TLS is fixed at start (a change needs a restart);
+    // the certificate and key come from the snapshot, so a reload replaces them.
+    let tls = match gate.snapshot().tls() {
+        Some(acceptor) => Some(acceptor.clone()),
+        None => match &gate.config().tls {
+            Some(t) => Some(tls_acceptor(&t.cert.0, &t.key.0)?),
+            None => None,
+        },
     };
     let proxy = Proxy::new(tls.is_some());
     let mut accept_tasks = Vec::new();
@@ -246,7 +210,10 @@ async fn serve_connection(
     }
     match tls {
         None => serve_io(stream, peer, peer_ip, gate, proxy, stop, slot).await,
-        Some(acceptor) => {
+        Some(started_with) => {
+            // The pair in force now (reloaded with the configuration); the one the
+            // server started with if a reload dropped `tls` (that needs a restart).
+            let acceptor = gate.snapshot().tls().cloned().unwrap_or(started_with);
             let handshake =
                 tokio::time::timeout(cfg.limits.header_read_timeout.0, acceptor.accept(stream))
                     .await;

@@ -105,6 +105,9 @@ pub(crate) struct Snapshot {
     block_page: BlockPage,
     #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     upstream: Option<Upstream>,
+    /// The certificate and key of `tls`, read when this snapshot was built.
+    #[cfg(feature = "gateway")]
+    tls: Option<tokio_rustls::TlsAcceptor>,
     bans: Bans,
     counters: Counters,
     /// `DecidedBy::Rule` of each rule, and the reason it gives (shared, not rebuilt).
@@ -122,6 +125,8 @@ pub(crate) struct Parts {
     pub feeds: Feeds,
     pub block_page: BlockPage,
     pub upstream: Option<Upstream>,
+    #[cfg(feature = "gateway")]
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub bans: Bans,
 }
 
@@ -166,6 +171,8 @@ impl Snapshot {
             cache: p.cache,
             block_page: p.block_page,
             upstream: p.upstream,
+            #[cfg(feature = "gateway")]
+            tls: p.tls,
             bans: p.bans,
             rules,
             dry_run,
@@ -196,6 +203,11 @@ impl Snapshot {
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn block_page(&self) -> &BlockPage {
         &self.block_page
+    }
+
+    #[cfg(feature = "gateway")]
+    pub(crate) fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor> {
+        self.tls.as_ref()
     }
 
     #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
@@ -486,6 +498,8 @@ impl Snapshot {
             cache: None,
             feeds: Feeds::empty(),
             upstream: None,
+            #[cfg(feature = "gateway")]
+            tls: None,
             bans: Bans::default(),
         }))
     }

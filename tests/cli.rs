@@ -564,3 +564,108 @@ async fn a_reload_refuses_an_emptied_or_upstream_less_file() {
         assert_eq!(r.status(), 401);
     }
 }
+
+/// The value of a counter line in Prometheus text (0 when absent).
+async fn counter(admin: &str, series: &str) -> u64 {
+    let text = common::client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_reload_replaces_the_certificate_refuses_a_bad_pair_and_reports_listen_changes() {
+    let up = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let a = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let b = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let install = |c: &rcgen::CertifiedKey<rcgen::KeyPair>,
+                   k: &rcgen::CertifiedKey<rcgen::KeyPair>| {
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, k.signing_key.serialize_pem()).unwrap();
+    };
+    install(&a, &a);
+    let f = dir.path().join("p.yaml");
+    let policy = |listen: &str| {
+        format!(
+            "listen: {listen}\nupstream: {}\ntls: {{ cert: '{}', key: '{}' }}\nadmin: {{ listen: 127.0.0.1:0 }}\n",
+            up.url(),
+            cert.display(),
+            key.display()
+        )
+    };
+    std::fs::write(&f, policy("127.0.0.1:0")).unwrap();
+    let run = spawn_run(&f).await;
+    let addr = run.gateway[0];
+    let admin = format!("http://{}", run.admin.unwrap());
+    // A new client (no pooled connection) that trusts only `root`.
+    let served_to = |root: &rcgen::CertifiedKey<rcgen::KeyPair>| {
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(root.cert.pem().as_bytes()).unwrap(),
+            )
+            .resolve("localhost", addr)
+            .build()
+            .unwrap();
+        async move {
+            c.get(format!("https://localhost:{}/", addr.port()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    };
+    assert!(served_to(&a).await && !served_to(&b).await);
+
+    // A new pair on disk, then SIGHUP: new connections get it.
+    install(&b, &b);
+    kill("-HUP", run.pid());
+    common::eventually(
+        "the new certificate is served",
+        Duration::from_secs(5),
+        || served_to(&b),
+    )
+    .await;
+    assert!(!served_to(&a).await);
+
+    // A certificate and key that do not fit: refused, the pair in force stays.
+    install(&a, &b);
+    kill("-HUP", run.pid());
+    common::eventually(
+        "the bad pair is refused",
+        Duration::from_secs(5),
+        || async { counter(&admin, "ipgate_config_reloads_total{result=\"error\"}").await == 1 },
+    )
+    .await;
+    assert!(served_to(&b).await);
+
+    // A changed listen address needs a restart: said so, the listener is kept.
+    install(&b, &b);
+    std::fs::write(&f, policy("127.0.0.1:1")).unwrap();
+    kill("-HUP", run.pid());
+    common::eventually(
+        "restart required is reported",
+        Duration::from_secs(5),
+        || async {
+            counter(
+                &admin,
+                "ipgate_config_reloads_total{result=\"restart_required\"}",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    assert!(served_to(&b).await);
+}
