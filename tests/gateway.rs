@@ -697,3 +697,37 @@ async fn upstream_never_sees_client_ip_headers_from_untrusted_peers() {
     }
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn connection_cannot_strip_a_trusted_proxys_forwarded_for() {
+    let up = upstream::start().await;
+    let gw = TestGateway::start(
+        &format!(
+            "{BASE}client_ip: {{ trusted_proxies: [127.0.0.1/32] }}\nupstream_headers: true\n"
+        ),
+        &up.url(),
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let req = "GET /chain HTTP/1.1\r\nHost: app.test\r\nConnection: keep-alive, X-Forwarded-For\r\n\
+               X-Forwarded-For: 198.51.100.9\r\n\r\n";
+    s.write_all(req.as_bytes()).await.unwrap();
+    let answer = read_raw(&mut s, Duration::from_secs(5)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.seen.last();
+    assert_eq!(
+        seen.headers["x-ipgate-client-ip"], "198.51.100.9",
+        "the gate decided on another client"
+    );
+    assert_eq!(
+        seen.headers.get_all("x-forwarded-for").iter().count(),
+        1,
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(
+        seen.headers["x-forwarded-for"], "198.51.100.9, 127.0.0.1",
+        "the upstream did not see the chain the decision used"
+    );
+    gw.shutdown().await;
+}
