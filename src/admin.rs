@@ -153,6 +153,25 @@ struct BanRequest {
     ttl: Option<String>,
     #[serde(default)]
     reason: String,
+    /// Accept a network wider than [`MAX_BAN_V4`] / [`MAX_BAN_V6`].
+    #[serde(default)]
+    force: bool,
+}
+
+/// The widest IPv4 ban accepted without `"force": true` (`/8`).
+pub const MAX_BAN_V4: u8 = 8;
+/// The widest IPv6 ban accepted without `"force": true` (`/32`).
+pub const MAX_BAN_V6: u8 = 32;
+
+/// Why `cidr` may not be banned without `"force": true`, if it may not.
+fn too_wide(cidr: &ipnet::IpNet) -> Option<String> {
+    let (limit, family) = match cidr {
+        ipnet::IpNet::V4(_) => (MAX_BAN_V4, "IPv4"),
+        ipnet::IpNet::V6(_) => (MAX_BAN_V6, "IPv6"),
+    };
+    (cidr.prefix_len() < limit).then(|| {
+        format!("refusing to ban {cidr}: {family} bans wider than /{limit} need \"force\": true")
+    })
 }
 
 async fn add_ban(State(st): State<AdminState>, body: axum::body::Bytes) -> Response {
@@ -164,12 +183,21 @@ async fn add_ban(State(st): State<AdminState>, body: axum::body::Bytes) -> Respo
         Ok(c) => c.0,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    if !req.force
+        && let Some(msg) = too_wide(&cidr)
+    {
+        return error(StatusCode::BAD_REQUEST, msg);
+    }
     let ttl = match req.ttl.as_deref().map(parse_duration).transpose() {
         Ok(t) => t.unwrap_or(Duration::from_secs(3600)),
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let ban = st.gate.bans().add(cidr, ttl, req.reason);
-    tracing::info!(cidr = %ban.cidr, ttl = ?ttl, "ban added");
+    if req.force && too_wide(&cidr).is_some() {
+        tracing::warn!(cidr = %ban.cidr, ttl = ?ttl, reason = %ban.reason, "wide ban added with force");
+    } else {
+        tracing::info!(cidr = %ban.cidr, ttl = ?ttl, reason = %ban.reason, "ban added");
+    }
     (StatusCode::CREATED, Json(ban)).into_response()
 }
 

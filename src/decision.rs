@@ -157,6 +157,7 @@ impl Decision {
     /// (a ban's reason) stay in logs and the admin API.
     pub fn public_reason(&self) -> &str {
         match self.by {
+            DecidedBy::Ban => "banned",
             DecidedBy::LookupError => "reputation unavailable",
             _ => &self.reason,
         }
@@ -191,6 +192,20 @@ mod tests {
                 "lookup-pending"
             ]
         );
+    }
+
+    #[test]
+    fn clients_never_see_a_ban_reason() {
+        let d = Decision {
+            client_ip: "192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            action: Action::Block,
+            verdict: Action::Block,
+            by: DecidedBy::Ban,
+            reason: Arc::from("ticket 4711: scraping, reported by ACME"),
+            reputation: None,
+        };
+        assert_eq!(d.public_reason(), "banned");
+        assert_eq!(&*d.reason, "ticket 4711: scraping, reported by ACME");
     }
 
     #[test]

@@ -17,7 +17,10 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authorization",
 ];
 
-/// Removes hop-by-hop headers, including every header named by `Connection`.
+/// Removes hop-by-hop headers, including every header named by `Connection`, except
+/// the forwarding headers ([`FORWARDING`]): those are never hop-by-hop, whatever
+/// `Connection` names, so a client cannot strip the chain a trusted proxy vouched for
+/// and the gate decided on (as Traefik did for CVE-2024-45410).
 /// `TE: trailers` is kept (it is end-to-end in meaning for gRPC and friends).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Read Connection's list before deleting it.
@@ -27,6 +30,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !FORWARDING.contains(&n.as_str()))
         .collect();
     let keep_te_trailers = headers
         .get_all(header::TE)
@@ -59,8 +63,8 @@ pub fn remove_gateway_headers(headers: &mut HeaderMap) {
 
 /// Forwarding and client-address headers a client may send that only trusted proxies
 /// may vouch for: from anyone else they are removed, so an application behind the
-/// gateway that reads one of them cannot be fooled.
-const FORWARDING: [&str; 8] = [
+/// gateway that reads one of them cannot be fooled. They are never hop-by-hop.
+pub(crate) const FORWARDING: [&str; 8] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
@@ -73,7 +77,8 @@ const FORWARDING: [&str; 8] = [
 
 /// Sets X-Forwarded-For/-Proto/-Host. From a trusted peer the incoming values are kept
 /// and the peer appended to X-Forwarded-For; from an untrusted one they are replaced.
-/// Runs after [`remove_hop_by_hop`], so `Connection: X-Forwarded-For` cannot strip them.
+/// Runs after [`remove_hop_by_hop`], which never removes them, so
+/// `Connection: X-Forwarded-For` can strip neither the incoming chain nor what is set here.
 pub fn set_forwarding(
     headers: &mut HeaderMap,
     peer: IpAddr,
@@ -135,14 +140,13 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = map(&[
-            ("connection", "keep-alive, X-Secret, x-forwarded-for"),
+            ("connection", "keep-alive, X-Secret"),
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
             ("proxy-authorization", "Basic x"),
             ("te", "trailers, deflate"),
-            ("x-forwarded-for", "1.2.3.4"),
             ("accept", "*/*"),
         ]);
         remove_hop_by_hop(&mut h);
@@ -150,6 +154,28 @@ mod tests {
         left.sort();
         assert_eq!(left, vec!["accept", "te"]);
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn connection_never_makes_forwarding_headers_hop_by_hop() {
+        let mut pairs = vec![(
+            "connection",
+            "X-Forwarded-For, x-forwarded-proto, X-Forwarded-Host, Forwarded, X-Real-IP, \
+             CF-Connecting-IP, True-Client-IP, X-Client-IP, keep-alive, x-other",
+        )];
+        for n in FORWARDING {
+            pairs.push((n, "198.51.100.9"));
+        }
+        pairs.push(("keep-alive", "timeout=5"));
+        pairs.push(("x-other", "1"));
+        let mut h = map(&pairs);
+        remove_hop_by_hop(&mut h);
+        for n in FORWARDING {
+            assert_eq!(h[n], "198.51.100.9", "{n} was removed as hop-by-hop");
+        }
+        for gone in ["connection", "keep-alive", "x-other"] {
+            assert!(!h.contains_key(gone), "{gone} was kept");
+        }
     }
 
     #[test]

@@ -171,6 +171,56 @@ async fn bans_are_added_listed_enforced_and_removed() {
 }
 
 #[tokio::test]
+async fn wide_bans_need_force() {
+    let (a, gate) = admin("{}", None).await;
+    let c = client();
+    let post = |body: Value| {
+        let c = c.clone();
+        async move {
+            let r = c
+                .post(format!("http://{a}/v1/bans"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for (cidr, limit) in [
+        ("0.0.0.0/0", "/8"),
+        ("10.0.0.0/7", "/8"),
+        ("::ffff:0.0.0.0/96", "/8"),
+        ("2001:db8::/31", "/32"),
+        ("::/0", "/32"),
+    ] {
+        let (status, body) = post(json!({"cidr": cidr, "reason": "oops"})).await;
+        assert_eq!(status, 400, "{cidr}: {body}");
+        let msg = serde_json::from_str::<Value>(&body).unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains(limit) && msg.contains("\"force\": true"),
+            "{cidr}: {msg}"
+        );
+        let (status, _) = post(json!({"cidr": cidr, "force": false})).await;
+        assert_eq!(status, 400, "{cidr} with force: false");
+    }
+    assert!(gate.bans().list().is_empty(), "a refused ban was stored");
+    for cidr in ["10.0.0.0/8", "2001:db8::/32", "203.0.113.7"] {
+        let (status, body) = post(json!({"cidr": cidr})).await;
+        assert_eq!(status, 201, "{cidr}: {body}");
+    }
+    let (status, body) = post(json!({"cidr": "0.0.0.0/0", "force": true})).await;
+    assert_eq!(status, 201, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cidr"], "0.0.0.0/0");
+    let (status, _) = post(json!({"cidr": "2001:db8::/31", "force": true})).await;
+    assert_eq!(status, 201);
+    assert_eq!(gate.bans().list().len(), 5);
+}
+
+#[tokio::test]
 async fn cache_entries_can_be_evicted() {
     let emu = Emulator::start(EmuKeys {
         iocscout: "k",

@@ -610,3 +610,88 @@ async fn a_damaged_cache_file_is_a_clear_error_and_left_byte_identical() {
         );
     }
 }
+
+/// A provider that echoes the caller's key inside a 200 answer: the key is redacted
+/// before the answer is kept, so neither the admin API, `ipgate check --json` nor the
+/// bytes of `cache.path` ever hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_echoed_in_an_answer_is_never_stored_or_shown() {
+    const ECHO_KEY: &str = "echoKEY/7f3a9c+d";
+    const ECHO_KEY_URL: &str = "echoKEY%2F7f3a9c%2Bd";
+    let emu = Emulator::start(EmuKeys {
+        iocscout: ECHO_KEY,
+        ipswamp: ECHO_KEY,
+    })
+    .await;
+    let mut answer = iocscout_threat(95, &["attack"]);
+    answer["echo"] = serde_json::json!({
+        "marker": "echo-marker",
+        "apiKey": "{key}",
+        "request": "/api?apiKey={key_urlencoded}&ip=198.51.100.66",
+        "notes": ["your key is {key}"],
+        "{key}": true
+    });
+    emu.set_iocscout(ip("198.51.100.66"), Answer::EchoKey(answer));
+    let up = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("policy.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "listen: 127.0.0.1:0\nupstream: {}\nadmin: {{ listen: '127.0.0.1:0' }}\ncache: {{ path: cache.redb }}\nproviders:\n  iocscout: {{ api_key: '{ECHO_KEY}', base_url: '{}' }}\nrules:\n  - {{ name: block-threats, when: {{ status: threat }}, action: block }}\n",
+            up.url(),
+            emu.iocscout_url()
+        ),
+    )
+    .unwrap();
+    let leaks = |what: &str, text: &str| {
+        for k in [ECHO_KEY, ECHO_KEY_URL, "echoKEY"] {
+            assert!(!text.contains(k), "{what} shows the API key ({k}):\n{text}");
+        }
+    };
+
+    let mut run = spawn_run(&f).await;
+    let body = client()
+        .get(run.admin_url("/v1/decision?ip=198.51.100.66&lookup=true"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(emu.calls(Api::Iocscout), 1, "{body}");
+    assert!(
+        body.contains("echo-marker") && body.contains("\"block\""),
+        "the echoing answer was not used: {body}"
+    );
+    leaks("GET /v1/decision", &body);
+    common::kill("-TERM", run.pid());
+    assert_eq!(run.child.wait().await.unwrap().code(), Some(0));
+
+    let stored = std::fs::read(dir.path().join("cache.redb")).unwrap();
+    let stored = String::from_utf8_lossy(&stored);
+    assert!(
+        stored.contains("echo-marker"),
+        "the answer is not in cache.path as text: this test could not see a leak"
+    );
+    leaks("cache.path", &stored);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ipgate"))
+        .args([
+            "check",
+            "-c",
+            f.to_str().unwrap(),
+            "198.51.100.66",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("echo-marker"), "{stdout}");
+    leaks("ipgate check --json", &stdout);
+    leaks(
+        "ipgate check --json (stderr)",
+        &String::from_utf8_lossy(&out.stderr),
+    );
+}

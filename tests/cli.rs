@@ -669,3 +669,58 @@ async fn a_reload_replaces_the_certificate_refuses_a_bad_pair_and_reports_listen
     .await;
     assert!(served_to(&b).await);
 }
+
+/// Local files that are not what they should be (a feed file, the reputation file, each a
+/// symlink to a secret): the binary's log names the file and the line, never the line.
+#[tokio::test]
+async fn run_never_logs_the_content_of_a_local_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("shadow");
+    std::fs::write(
+        &secret,
+        "192.0.2.1\nroot:$6$secretHASH:19000:0:99999:7:::\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&secret, dir.path().join("list.txt")).unwrap();
+    let secret_map = dir.path().join("secrets.yaml");
+    std::fs::write(
+        &secret_map,
+        "192.0.2.1: { status: threat }\nsecretHASH: { status: threat }\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&secret_map, dir.path().join("rep.yaml")).unwrap();
+    let f = dir.path().join("p.yaml");
+    std::fs::write(
+        &f,
+        "listen: 127.0.0.1:0\nupstream: http://127.0.0.1:9\nlists:\n  feeds:\n    - { name: local, source: list.txt }\n",
+    )
+    .unwrap();
+    let mut run = common::spawn_run_with(&f, |cmd| {
+        cmd.stderr(Stdio::piped());
+    })
+    .await;
+    let mut stderr = run.child.stderr.take().unwrap();
+    kill("-TERM", run.pid());
+    let mut log = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut log)
+        .await
+        .unwrap();
+    run.child.wait().await.unwrap();
+    assert!(
+        log.contains("list.txt: line 2: not an IP address or CIDR"),
+        "the feed error is not logged: {log}"
+    );
+    assert!(!log.contains("secretHASH"), "{log}");
+
+    // The file provider's file: `run` refuses to start, naming the file and the line.
+    std::fs::write(
+        &f,
+        "listen: 127.0.0.1:0\nupstream: http://127.0.0.1:9\nproviders: { file: { path: rep.yaml } }\n",
+    )
+    .unwrap();
+    let out = ipgate(&["run", "-c", f.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("rep.yaml") && err.contains("line 2"), "{err}");
+    assert!(!err.contains("secretHASH"), "{err}");
+}

@@ -539,3 +539,64 @@ async fn refresh_tasks_run_in_the_background_and_stop() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(server.requests().len(), before, "refreshed after drop");
 }
+
+/// A file feed that points (through a symlink) at a file that is not a feed: the error
+/// names the file and the line, never the line's content. The same body from a URL may
+/// be quoted, short and escaped.
+#[tokio::test]
+async fn a_local_file_is_never_quoted_in_errors() {
+    recorder();
+    const BODY: &str = "192.0.2.1\nroot:$6$secretHASH:19000:0:99999:7:::\n";
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("shadow");
+    std::fs::write(&secret, BODY).unwrap();
+    let link = dir.path().join("list.txt");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let source = link.to_str().unwrap();
+    let feeds = Feeds::start(&[plain("file-secret", source)], None, client()).await;
+    let st = &feeds.status()[0];
+    assert!(!st.loaded);
+    let err = st.last_error.clone().unwrap();
+    assert_eq!(err, format!("{source}: line 2: not an IP address or CIDR"));
+    let err = feeds.refresh_now(0).await.unwrap_err();
+    assert!(matches!(err, FeedError::LocalParse { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("line 2") && !format!("{err} {err:?}").contains("secretHASH"),
+        "{err:?}"
+    );
+    feeds.stop();
+
+    // The same in the spamhaus-drop-json format, whose decoder's messages quote input.
+    std::fs::write(
+        &secret,
+        "{\"cidr\":\"192.0.2.0/24\"}\n{\"cidr\": [\"secretHASH\"]}\n",
+    )
+    .unwrap();
+    let feeds = Feeds::start(
+        &[feed(
+            "file-secret-json",
+            source,
+            FeedFormat::SpamhausDropJson,
+            None,
+        )],
+        None,
+        client(),
+    )
+    .await;
+    let err = feeds.status()[0].last_error.clone().unwrap();
+    assert!(
+        err.starts_with(&format!("{source}: line 2: ")) && !err.contains("secretHASH"),
+        "{err}"
+    );
+    feeds.stop();
+
+    // Over HTTP the line is quoted.
+    let server = FeedServer::start(BODY, None).await;
+    let feeds = Feeds::start(&[plain("url-secret", &server.url())], None, client()).await;
+    let err = feeds.status()[0].last_error.clone().unwrap();
+    assert_eq!(
+        err,
+        "line 2: `root:$6$secretHASH:19000:0:99999:7:::`: not an IP address or CIDR"
+    );
+    feeds.stop();
+}

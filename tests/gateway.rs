@@ -588,7 +588,8 @@ async fn temporary_bans_block_until_removed() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(
         (v["rule"].as_str(), v["reason"].as_str()),
-        (Some("ban"), Some("test ban"))
+        (Some("ban"), Some("banned")),
+        "the client sees a generic reason, never the operator's note"
     );
     assert!(gw.gate.bans().remove("127.0.0.0/8".parse().unwrap()));
     assert_eq!(
@@ -695,5 +696,86 @@ async fn upstream_never_sees_client_ip_headers_from_untrusted_peers() {
             "{h} from an untrusted client reached the upstream"
         );
     }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_cannot_strip_a_trusted_proxys_forwarded_for() {
+    let up = upstream::start().await;
+    let gw = TestGateway::start(
+        &format!(
+            "{BASE}client_ip: {{ trusted_proxies: [127.0.0.1/32] }}\nupstream_headers: true\n"
+        ),
+        &up.url(),
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let req = "GET /chain HTTP/1.1\r\nHost: app.test\r\nConnection: keep-alive, X-Forwarded-For\r\n\
+               X-Forwarded-For: 198.51.100.9\r\n\r\n";
+    s.write_all(req.as_bytes()).await.unwrap();
+    let answer = read_raw(&mut s, Duration::from_secs(5)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.seen.last();
+    assert_eq!(
+        seen.headers["x-ipgate-client-ip"], "198.51.100.9",
+        "the gate decided on another client"
+    );
+    assert_eq!(
+        seen.headers.get_all("x-forwarded-for").iter().count(),
+        1,
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(
+        seen.headers["x-forwarded-for"], "198.51.100.9, 127.0.0.1",
+        "the upstream did not see the chain the decision used"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_ban_reason_is_for_operators_not_for_the_banned_client() {
+    const NOTE: &str = "ticket-4711 scraping reported by ACME";
+    let up = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("blocked.html");
+    std::fs::write(&page, "<p>blocked by {rule}: {reason}</p>").unwrap();
+    let gw = TestGateway::start(
+        &format!("{BASE}block_response: {{ html: '{}' }}\n", page.display()),
+        &up.url(),
+    )
+    .await;
+    gw.gate.bans().add(
+        "127.0.0.1/32".parse().unwrap(),
+        Duration::from_secs(3600),
+        NOTE.to_string(),
+    );
+    let c = client();
+    let html = c.get(gw.url("/")).send().await.unwrap();
+    assert_eq!(html.status(), 403);
+    let html = html.text().await.unwrap();
+    assert_eq!(html, "<p>blocked by ban: banned</p>");
+    assert!(
+        !html.contains("ticket-4711"),
+        "the ban reason reached the client: {html}"
+    );
+    let json: serde_json::Value = c
+        .get(gw.url("/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json["rule"], "ban");
+    assert_eq!(json["reason"], "banned");
+    assert!(
+        !json.to_string().contains("ticket-4711"),
+        "the ban reason reached the client: {json}"
+    );
+    // The operator still sees it.
+    assert_eq!(gw.gate.bans().list()[0].reason, NOTE);
+    assert_eq!(up.seen.count(), 0);
     gw.shutdown().await;
 }

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 
 use super::fetch::{self, Fetched, FileStamp, Limits, Source, Validators};
 use super::store::Store;
-use super::{AGE_TICK, FeedError, FeedOptions, FeedStatus, RefreshOutcome, parse};
+use super::{AGE_TICK, FeedError, FeedOptions, FeedStatus, RefreshOutcome, parse, parse_local};
 use crate::config::{FeedConfig, FeedFormat, FeedTag};
 use crate::lists::IpSet;
 use crate::metrics::{
@@ -185,7 +185,10 @@ impl Feed {
             else {
                 return Ok(None);
             };
-            let set = parse(&stored.body, format)?;
+            let set = parse_local(&stored.body, format).map_err(|error| FeedError::LocalParse {
+                path: store.body_path(&name).display().to_string(),
+                error,
+            })?;
             Ok::<_, FeedError>(Some((set, stored.validators, stored.saved_at)))
         })
         .await
@@ -286,9 +289,19 @@ impl Feed {
         };
         let format = self.format;
         let parse_body = body.clone();
-        let set = tokio::task::spawn_blocking(move || parse(&parse_body, format))
-            .await
-            .map_err(|e| FeedError::Task(e.to_string()))??;
+        // A local file's content is never quoted in an error (a feed path may point at
+        // any file the process can read); a URL's body may be, short and escaped.
+        let local = match &source {
+            Source::File(path) => Some(path.display().to_string()),
+            Source::Http(_) => None,
+        };
+        let set = tokio::task::spawn_blocking(move || match local {
+            Some(path) => parse_local(&parse_body, format)
+                .map_err(|error| FeedError::LocalParse { path, error }),
+            None => parse(&parse_body, format).map_err(FeedError::from),
+        })
+        .await
+        .map_err(|e| FeedError::Task(e.to_string()))??;
         let entries = set.len();
         if entries == 0 {
             tracing::warn!(feed = %self.name, "feed lists no entry (comments only)");

@@ -1,7 +1,10 @@
 //! Feed bodies to [`IpSet`]s: pure, no I/O, all or nothing.
 //!
 //! A body either parses completely or not at all: one malformed line fails the whole
-//! parse with its line number and text, so a garbage download never replaces a good list.
+//! parse with its line number, so a garbage download never replaces a good list.
+//! [`parse`] (bodies from a URL) quotes a short, escaped excerpt of the line;
+//! [`parse_local`] (local files) never quotes the file's content: a feed path may point
+//! at any file the process can read, and its errors reach logs and the admin API.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -27,13 +30,14 @@ pub enum ParseError {
     #[error("feed is empty")]
     Empty,
     /// A line that is not a valid entry; the whole body is rejected.
-    #[error("line {line}: `{text}`: {reason}")]
+    #[error("line {line}: {}{reason}", text.as_deref().map(|t| format!("`{t}`: ")).unwrap_or_default())]
     Line {
         /// 1-based line number.
         line: usize,
-        /// The offending line, escaped and cut to 80 characters.
-        text: String,
-        /// What is wrong with it.
+        /// The offending line, escaped and cut to 80 characters; `None` for a local
+        /// file ([`parse_local`]), whose content is never quoted.
+        text: Option<String>,
+        /// What is wrong with it (for a local file, without any of its content).
         reason: String,
     },
 }
@@ -50,6 +54,25 @@ pub enum ParseError {
 /// (IPv6). A body with no bytes but whitespace is [`ParseError::Empty`]; a body that has
 /// content but no entry (only comments, or only the metadata line) is a valid empty list.
 pub fn parse(body: &[u8], format: FeedFormat) -> Result<IpSet, ParseError> {
+    parse_with(body, format, Quote::Excerpt)
+}
+
+/// As [`parse`], for a local file: errors name the line and the kind of problem, never
+/// any of the file's content.
+pub fn parse_local(body: &[u8], format: FeedFormat) -> Result<IpSet, ParseError> {
+    parse_with(body, format, Quote::Nothing)
+}
+
+/// Whether an error may quote the body.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quote {
+    /// A short, escaped excerpt of the offending line (bodies from a URL).
+    Excerpt,
+    /// Nothing of the content (local files).
+    Nothing,
+}
+
+fn parse_with(body: &[u8], format: FeedFormat, quote: Quote) -> Result<IpSet, ParseError> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     if body.trim_ascii().is_empty() {
         return Err(ParseError::Empty);
@@ -59,12 +82,15 @@ pub fn parse(body: &[u8], format: FeedFormat) -> Result<IpSet, ParseError> {
         let line = i + 1;
         let entry = match format {
             FeedFormat::Plain => plain_line(raw),
-            FeedFormat::SpamhausDropJson => json_line(raw),
+            FeedFormat::SpamhausDropJson => json_line(raw, quote),
         };
         match entry {
             Ok(Some(net)) => nets.push(net),
             Ok(None) => {}
-            Err(reason) => return Err(line_error(line, raw, reason)),
+            Err(reason) => {
+                let text = (quote == Quote::Excerpt).then(|| excerpt(raw));
+                return Err(ParseError::Line { line, text, reason });
+            }
         }
     }
     // Inserting in address order keeps the trie walk in cache: about 6x faster than the
@@ -74,7 +100,8 @@ pub fn parse(body: &[u8], format: FeedFormat) -> Result<IpSet, ParseError> {
     Ok(nets.into_iter().collect())
 }
 
-fn line_error(line: usize, raw: &[u8], reason: String) -> ParseError {
+/// The offending line, trimmed, escaped and cut to [`QUOTE_LIMIT`] characters.
+fn excerpt(raw: &[u8]) -> String {
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
     let lossy = String::from_utf8_lossy(raw);
     let mut text = String::new();
@@ -85,7 +112,7 @@ fn line_error(line: usize, raw: &[u8], reason: String) -> ParseError {
         }
         text.extend(c.escape_debug());
     }
-    ParseError::Line { line, text, reason }
+    text
 }
 
 /// One `plain` line: `Ok(None)` for blank and comment lines.
@@ -112,13 +139,26 @@ struct DropLine<'a> {
 }
 
 /// One `spamhaus-drop-json` line: `Ok(None)` for blank and metadata lines.
-fn json_line(raw: &[u8]) -> Result<Option<IpNet>, String> {
+fn json_line(raw: &[u8], quote: Quote) -> Result<Option<IpNet>, String> {
     let item = raw.trim_ascii();
     if item.is_empty() {
         return Ok(None);
     }
-    let obj: DropLine<'_> =
-        serde_json::from_slice(item).map_err(|e| format!("not a JSON object with `cidr` ({e})"))?;
+    let obj: DropLine<'_> = serde_json::from_slice(item).map_err(|e| match quote {
+        // serde_json's messages may quote the input (`invalid type: string "…"`).
+        Quote::Excerpt => format!("not a JSON object with `cidr` ({e})"),
+        Quote::Nothing => format!(
+            "not a JSON object with `cidr` ({} at column {})",
+            match e.classify() {
+                serde_json::error::Category::Syntax => "syntax error",
+                serde_json::error::Category::Eof => "unexpected end",
+                serde_json::error::Category::Data | serde_json::error::Category::Io => {
+                    "wrong type or value"
+                }
+            },
+            e.column()
+        ),
+    })?;
     match (obj.cidr, obj.kind) {
         (Some(cidr), _) => entry(&cidr).map(Some),
         (None, Some(kind)) if kind == "metadata" => Ok(None),
@@ -199,7 +239,11 @@ mod tests {
 
     fn line_of(err: ParseError) -> (usize, String, String) {
         match err {
-            ParseError::Line { line, text, reason } => (line, text, reason),
+            ParseError::Line {
+                line,
+                text: Some(text),
+                reason,
+            } => (line, text, reason),
             other => panic!("expected a line error, got {other:?}"),
         }
     }
@@ -408,6 +452,34 @@ mod tests {
         let (_, _, reason) =
             line_of(parse(b"10.0.0.1\n\xff\xfe\n", FeedFormat::Plain).unwrap_err());
         assert!(reason.contains("UTF-8"), "{reason}");
+    }
+
+    #[test]
+    fn local_files_are_never_quoted() {
+        let body = b"192.0.2.1\nroot:$6$secretHASH:19000:0:99999:7:::\n";
+        let err = parse_local(body, FeedFormat::Plain).unwrap_err();
+        assert_eq!(err.to_string(), "line 2: not an IP address or CIDR");
+        assert!(matches!(err, ParseError::Line { text: None, .. }));
+        // The same body from a URL is quoted, escaped and cut.
+        let err = parse(body, FeedFormat::Plain).unwrap_err().to_string();
+        assert!(err.contains("line 2: `root:$6$secretHASH"), "{err}");
+        // serde_json's messages quote the input: not for a local file.
+        for line in [
+            "{\"cidr\": \"secretHASH\"}",
+            "{\"cidr\": [\"secretHASH\"]}",
+            "{\"secretHASH\": 1, \"type\": \"secretHASH\"}",
+            "secretHASH",
+            "{\"cidr\": \"secretHASH",
+        ] {
+            let body = format!("{{\"cidr\":\"192.0.2.0/24\"}}\n{line}\n");
+            let err = parse_local(body.as_bytes(), FeedFormat::SpamhausDropJson)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("line 2: ") && !err.contains("secretHASH"),
+                "{line}: {err}"
+            );
+        }
     }
 
     #[test]

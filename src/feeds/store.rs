@@ -63,6 +63,11 @@ impl Store {
         &self.dir
     }
 
+    /// Where the stored body of feed `name` is (named in errors about it).
+    pub(crate) fn body_path(&self, name: &str) -> PathBuf {
+        self.paths(name).0
+    }
+
     fn paths(&self, name: &str) -> (PathBuf, PathBuf) {
         let stem = file_stem(name);
         (
@@ -109,10 +114,17 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
+        // The position and the kind of problem only: serde_json's message may quote the
+        // file, and this error is logged.
         let meta: Meta = serde_json::from_slice(&meta).map_err(|e| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("{}: {e}", meta_path.display()),
+                format!(
+                    "{}: line {}, column {}: not a feed store meta file",
+                    meta_path.display(),
+                    e.line(),
+                    e.column()
+                ),
             )
         })?;
         if meta.version != META_VERSION || meta.source != source {

@@ -137,10 +137,12 @@ impl FileProvider {
         })
     }
 
-    /// Parses file contents; errors name the line and column (or the offending key).
+    /// Parses file contents. Errors name the line (and column, or the entry) and the
+    /// kind of problem, never the file's content: the path may point at any file the
+    /// process can read, and the error is logged.
     pub fn parse(text: &str, json: bool) -> Result<Self, String> {
         let entries = if json {
-            serde_json::from_str::<Entries>(text).map_err(|e| e.to_string())?
+            serde_json::from_str::<Entries>(text).map_err(|e| json_error(&e))?
         } else if text.trim().is_empty() {
             Entries(Vec::new())
         } else {
@@ -148,15 +150,22 @@ impl FileProvider {
         };
         let mut p = FileProvider::default();
         let mut seen: HashMap<IpNet, String> = HashMap::new();
-        for (key, entry) in entries.0 {
-            let net = parse_cidr(&key).map_err(|m| format!("key `{key}`: {m}"))?.0;
+        let mut from_line = 0;
+        for (i, (key, entry)) in entries.0.into_iter().enumerate() {
+            let at = match key_line(text, &key, &mut from_line) {
+                Some(line) => format!("line {line}, entry {}", i + 1),
+                None => format!("entry {}", i + 1),
+            };
+            let net = parse_cidr(&key)
+                .map_err(|_| format!("{at}: the key is not a valid IP address or CIDR"))?
+                .0;
             if let Some(score) = entry.score
                 && score > 100
             {
-                return Err(format!("key `{key}`: score {score} is above 100"));
+                return Err(format!("{at}: the score is above 100"));
             }
-            if let Some(first) = seen.insert(net, key.clone()) {
-                return Err(format!("key `{key}`: {net} is already given as `{first}`"));
+            if let Some(first) = seen.insert(net, at.clone()) {
+                return Err(format!("{at}: the same network as {first}"));
             }
             let rep = entry.to_reputation();
             match net {
@@ -190,17 +199,85 @@ impl FileProvider {
     }
 }
 
-/// serde_saphyr's message with `line L, column C`, without the source snippet.
+/// serde_saphyr's message with `line L, column C`, without the source snippet or
+/// anything quoted from the file.
 fn yaml_error(e: &serde_saphyr::Error) -> String {
     let mut message = e.without_snippet().to_string();
     if let Some(idx) = message.find(" at line ") {
         message.truncate(idx);
     }
-    let message = message.trim();
+    let message = without_content(message.trim());
     match e.location() {
         Some(l) if l.line() > 0 => format!("line {}, column {}: {message}", l.line(), l.column()),
-        _ => message.to_string(),
+        _ => message,
     }
+}
+
+/// serde_json's message as `line L, column C: kind`, without anything quoted from the
+/// file.
+fn json_error(e: &serde_json::Error) -> String {
+    let mut message = e.to_string();
+    if let Some(idx) = message.find(" at line ") {
+        message.truncate(idx);
+    }
+    let message = without_content(message.trim());
+    if e.line() > 0 {
+        format!("line {}, column {}: {message}", e.line(), e.column())
+    } else {
+        message
+    }
+}
+
+/// A serde message without the input it quotes: `unknown field `x`, expected one of
+/// `status`, …` becomes `unknown field, expected one of `status`, …` (what was
+/// expected comes from the format, not the file); `invalid type: string "x", expected
+/// u8` becomes `invalid type: string, expected u8`.
+fn without_content(message: &str) -> String {
+    // These quote a name of the format, never the input.
+    if message.starts_with("missing field") || message.starts_with("duplicate field") {
+        return message.to_string();
+    }
+    let (head, expected) = match message.find(", expected") {
+        Some(i) => message.split_at(i),
+        None => (message, ""),
+    };
+    let head = match head.find(['`', '"', '\'']) {
+        Some(i) => head[..i].trim_end().trim_end_matches(':'),
+        None => head,
+    };
+    let head = if head.is_empty() {
+        "invalid value"
+    } else {
+        head
+    };
+    format!("{head}{expected}")
+}
+
+/// The 1-based line where the map key `key` is written, searching from `*from`
+/// (0-based) on, for block-style files (one key a line); `None` when not found (a
+/// flow-style or one-line file).
+fn key_line(text: &str, key: &str, from: &mut usize) -> Option<usize> {
+    for (idx, line) in text.lines().enumerate().skip(*from) {
+        let t = line.trim_start();
+        let rest = [
+            t.strip_prefix(key),
+            t.strip_prefix('"')
+                .and_then(|r| r.strip_prefix(key))
+                .and_then(|r| r.strip_prefix('"')),
+            t.strip_prefix('\'')
+                .and_then(|r| r.strip_prefix(key))
+                .and_then(|r| r.strip_prefix('\'')),
+        ];
+        if rest
+            .into_iter()
+            .flatten()
+            .any(|r| r.trim_start().starts_with(':'))
+        {
+            *from = idx + 1;
+            return Some(idx + 1);
+        }
+    }
+    None
 }
 
 impl Provider for FileProvider {
@@ -304,11 +381,14 @@ mod tests {
     fn bad_entries_are_named() {
         let e =
             FileProvider::parse("192.0.2.1: { status: threat, colour: red }\n", false).unwrap_err();
-        assert!(e.contains("colour") && e.contains("line 1"), "{e}");
+        assert!(e.contains("unknown field") && e.contains("line 1"), "{e}");
         let e = FileProvider::parse("192.0.2.1: { status: evil }\n", false).unwrap_err();
         assert!(e.contains("line 1"), "{e}");
-        let e = FileProvider::parse("010.0.0.1: { status: threat }\n", false).unwrap_err();
-        assert!(e.contains("010.0.0.1"), "{e}");
+        let e = FileProvider::parse("# list\n010.0.0.1: { status: threat }\n", false).unwrap_err();
+        assert_eq!(
+            e,
+            "line 2, entry 1: the key is not a valid IP address or CIDR"
+        );
         let e =
             FileProvider::parse("192.0.2.1: { status: threat, score: 101 }\n", false).unwrap_err();
         assert!(e.contains("above 100"), "{e}");
@@ -319,9 +399,55 @@ mod tests {
             false,
         )
         .unwrap_err();
-        assert!(e.contains("already given"), "{e}");
+        assert_eq!(e, "line 2, entry 2: the same network as line 1, entry 1");
         let e = FileProvider::parse("- 192.0.2.1\n", false).unwrap_err();
         assert!(!e.is_empty());
+    }
+
+    #[test]
+    fn errors_never_quote_the_file() {
+        for (text, json) in [
+            ("root:$6$secretHASH:19000:0:99999:7:::\n", false),
+            (
+                "192.0.2.1: { status: threat }\nsecretHASH: { status: threat }\n",
+                false,
+            ),
+            ("192.0.2.1: { status: secretHASH }\n", false),
+            ("192.0.2.1: { status: threat, secretHASH: 1 }\n", false),
+            ("192.0.2.1: { status: threat, score: secretHASH }\n", false),
+            (
+                "192.0.2.1: { status: threat, classes: [secretHASH] }\n",
+                false,
+            ),
+            ("192.0.2.1: secretHASH\n", false),
+            ("- secretHASH\n", false),
+            ("secretHASH", false),
+            ("{\"secretHASH\": {\"status\": \"threat\"}}", true),
+            ("{\n\"192.0.2.1\": {\"status\": \"secretHASH\"}\n}", true),
+            (
+                "{\"192.0.2.1\": {\"secretHASH\": 1, \"status\": \"safe\"}}",
+                true,
+            ),
+            (
+                "{\"192.0.2.1\": {\"status\": \"safe\", \"score\": \"secretHASH\"}}",
+                true,
+            ),
+            ("[\"secretHASH\"]", true),
+            ("secretHASH", true),
+        ] {
+            let e = FileProvider::parse(text, json).unwrap_err();
+            assert!(!e.contains("secretHASH"), "{text}: {e}");
+            assert!(!e.is_empty(), "{text}");
+        }
+        let e = FileProvider::parse(
+            "192.0.2.1: { status: threat }\nsecretHASH: { status: threat }\n",
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "line 2, entry 2: the key is not a valid IP address or CIDR"
+        );
     }
 
     #[test]

@@ -134,7 +134,13 @@ impl Http {
         let mut ans = self.send(req).await.map_err(|e| self.failed(e))?;
         if (200..300).contains(&ans.status) {
             match A::decode_ok(&ans.body) {
-                Ok(Decoded::Reputation(rep)) => {
+                Ok(Decoded::Reputation(mut rep)) => {
+                    // A key the provider echoes in its answer must not reach the cache,
+                    // `check` or the admin API: redact it before anyone sees the answer.
+                    rep.raw = self.key.redact_raw(std::mem::take(&mut rep.raw));
+                    if let Some(country) = &mut rep.country {
+                        *country = self.key.redact(country);
+                    }
                     tracing::debug!(
                         provider = self.id.as_str(),
                         status = ans.status,

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::reputation::RawJson;
+
 /// What replaces a secret in a message.
 pub const REDACTED: &str = "***";
 
@@ -40,6 +42,61 @@ impl Secret {
     pub fn redact(&self, text: &str) -> String {
         redact(text, &self.0)
     }
+
+    /// Redacts this key from every string of `value` (object keys included), in place.
+    /// True when something was replaced.
+    pub fn redact_json(&self, value: &mut serde_json::Value) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        redact_value(value, self)
+    }
+
+    /// `raw` with this key redacted from every string in it; `raw` itself when the key
+    /// is not in it.
+    pub fn redact_raw(&self, raw: RawJson) -> RawJson {
+        let mut value = raw.to_value();
+        if self.redact_json(&mut value) {
+            RawJson::from_value(&value)
+        } else {
+            raw
+        }
+    }
+}
+
+fn redact_value(value: &mut serde_json::Value, secret: &Secret) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => redact_string(s, secret),
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |hit, v| redact_value(v, secret) | hit),
+        Value::Object(map) => {
+            let mut hit = false;
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
+                let redacted = secret.redact(&key);
+                if redacted != key
+                    && let Some(v) = map.remove(&key)
+                {
+                    hit = true;
+                    map.insert(redacted, v);
+                }
+            }
+            map.values_mut()
+                .fold(hit, |hit, v| redact_value(v, secret) | hit)
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+fn redact_string(s: &mut String, secret: &Secret) -> bool {
+    let redacted = secret.redact(s);
+    if redacted == *s {
+        return false;
+    }
+    *s = redacted;
+    true
 }
 
 impl fmt::Debug for Secret {
@@ -118,6 +175,31 @@ mod tests {
         );
         let r = redact(&s, odd);
         assert_eq!(r, "q1=*** q2=*** q3=*** raw=***", "{s}");
+    }
+
+    #[test]
+    fn every_string_of_a_json_answer_is_redacted() {
+        let key = Secret::new("KEY-sekrit/1234567890");
+        let raw = RawJson::from_value(&serde_json::json!({
+            "echo": "key KEY-sekrit/1234567890 ok",
+            "request": { "url": "https://x/?apiKey=KEY-sekrit%2F1234567890&ip=1" },
+            "list": [1, null, "KEY-sekrit/1234567890"],
+            "KEY-sekrit/1234567890": true,
+            "score": 90
+        }));
+        let out = key.redact_raw(raw);
+        assert_eq!(
+            out,
+            serde_json::json!({
+                "echo": "key *** ok",
+                "request": { "url": "https://x/?apiKey=***&ip=1" },
+                "list": [1, null, "***"],
+                "***": true,
+                "score": 90
+            })
+        );
+        let clean = RawJson::from_value(&serde_json::json!({"score": 1}));
+        assert_eq!(key.redact_raw(clean.clone()).get(), clean.get());
     }
 
     #[test]

@@ -77,6 +77,37 @@ pub enum Answer {
     Json(Value),
     /// This status and body, as is, with `Content-Type: application/json`.
     Raw { status: u16, body: String },
+    /// 200 with this JSON body where `{key}` in any string (object keys too) is
+    /// replaced by the key the client sent, and `{key_urlencoded}` by it percent-encoded:
+    /// a provider that echoes the caller's key inside a valid answer.
+    EchoKey(Value),
+}
+
+/// `v` with `{key}` / `{key_urlencoded}` in every string and object key replaced.
+fn echo_key(v: &Value, key: &str) -> Value {
+    let sub = |s: &str| {
+        let encoded: String = key
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        s.replace("{key_urlencoded}", &encoded)
+            .replace("{key}", key)
+    };
+    match v {
+        Value::String(s) => Value::String(sub(s)),
+        Value::Array(items) => Value::Array(items.iter().map(|i| echo_key(i, key)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (sub(k), echo_key(v, key)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// A scripted misbehaviour.
@@ -448,6 +479,7 @@ async fn iocscout(
     match answer {
         Some(Answer::Json(v)) => json_response(200, v, None),
         Some(Answer::Raw { status, body }) => raw_response(status, body),
+        Some(Answer::EchoKey(v)) => json_response(200, echo_key(&v, sent_key), None),
         None => json_response(200, iocscout_unknown(), None),
     }
 }
@@ -499,6 +531,7 @@ async fn ipswamp(
     let mut body = match answer {
         Some(Answer::Raw { status, body }) => return raw_response(status, body),
         Some(Answer::Json(v)) => v,
+        Some(Answer::EchoKey(v)) => echo_key(&v, sent_key),
         None => ipswamp_clean(),
     };
     if let Some(obj) = body.as_object_mut() {
