@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use crate::bans::Bans;
 use crate::block_page::{BlockPage, BlockPageError};
 use crate::cache::{CacheError, ReputationCache};
+use crate::clock::{Clock, SharedClock};
 use crate::config::{Config, ConfigError};
 use crate::decision::Decision;
 use crate::explain::Explanation;
@@ -48,8 +49,63 @@ struct Inner {
     bans: Bans,
     /// A source given by the embedding application (kept across reloads).
     custom_source: Option<Arc<dyn ReputationSource>>,
+    clock: SharedClock,
     /// Serializes reloads.
     reloading: tokio::sync::Mutex<()>,
+}
+
+/// Builds a [`Gate`]: `Gate::builder(config).clock(c).build().await`.
+#[must_use]
+pub struct GateBuilder {
+    config: Config,
+    source: Option<Arc<dyn ReputationSource>>,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for GateBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateBuilder")
+            .field("custom_source", &self.source.is_some())
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GateBuilder {
+    /// Asks `source` for reputation instead of the configured providers and cache.
+    pub fn source(mut self, source: Arc<dyn ReputationSource>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Reads time from `clock` (cache expiries, quota days, provider cool-downs), e.g.
+    /// a [`crate::clock::ManualClock`] in tests.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Builds the gate: opens the cache store, loads the feeds, sets up the providers.
+    pub async fn build(self) -> Result<Gate, GateError> {
+        let bans = Bans::default();
+        let live = build_snapshot(
+            self.config,
+            None,
+            self.source.clone(),
+            bans.clone(),
+            &self.clock,
+        )
+        .await?;
+        Ok(Gate {
+            inner: Arc::new(Inner {
+                live: ArcSwap::from_pointee(live),
+                bans,
+                custom_source: self.source,
+                clock: self.clock,
+                reloading: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
 }
 
 /// The gate: cheap to clone, reloadable.
@@ -67,7 +123,7 @@ impl std::fmt::Debug for Gate {
 impl Gate {
     /// Builds a gate from a validated configuration.
     pub async fn from_config(config: Config) -> Result<Gate, GateError> {
-        Self::build(config, None).await
+        Gate::builder(config).build().await
     }
 
     /// Builds a gate that asks `source` for reputation instead of the configured
@@ -76,23 +132,16 @@ impl Gate {
         config: Config,
         source: Arc<dyn ReputationSource>,
     ) -> Result<Gate, GateError> {
-        Self::build(config, Some(source)).await
+        Gate::builder(config).source(source).build().await
     }
 
-    async fn build(
-        config: Config,
-        custom_source: Option<Arc<dyn ReputationSource>>,
-    ) -> Result<Gate, GateError> {
-        let bans = Bans::default();
-        let live = build_snapshot(config, None, custom_source.clone(), bans.clone()).await?;
-        Ok(Gate {
-            inner: Arc::new(Inner {
-                live: ArcSwap::from_pointee(live),
-                bans,
-                custom_source,
-                reloading: tokio::sync::Mutex::new(()),
-            }),
-        })
+    /// A gate with more than a configuration: a reputation source, a clock.
+    pub fn builder(config: Config) -> GateBuilder {
+        GateBuilder {
+            config,
+            source: None,
+            clock: crate::clock::system(),
+        }
     }
 
     /// The state in force now; a request keeps the one it started with.
@@ -124,6 +173,7 @@ impl Gate {
             Some(&previous),
             self.inner.custom_source.clone(),
             self.inner.bans.clone(),
+            &self.inner.clock,
         )
         .await;
         match built {
@@ -220,6 +270,7 @@ async fn build_snapshot(
     previous: Option<&Snapshot>,
     custom_source: Option<Arc<dyn ReputationSource>>,
     bans: Bans,
+    clock: &SharedClock,
 ) -> Result<Snapshot, GateError> {
     let block_page = BlockPage::from_config(&config.block_response)?;
     let upstream = config
@@ -242,8 +293,13 @@ async fn build_snapshot(
         None if !has_provider => (Arc::new(NoReputation), None),
         None => {
             let client = crate::providers::http_client()?;
-            let providers = crate::providers::build(&config.providers, client)?;
-            let cache = ReputationCache::new(&config, providers, previous.and_then(|p| p.cache()))?;
+            let providers = crate::providers::build(&config.providers, client, clock.clone())?;
+            let cache = ReputationCache::new(
+                &config,
+                providers,
+                previous.and_then(|p| p.cache()),
+                clock.clone(),
+            )?;
             (Arc::new(cache.clone()), Some(cache))
         }
     };

@@ -30,6 +30,7 @@ mod bans;
 mod block_page;
 mod cache;
 mod client_ip;
+pub mod clock;
 pub mod config;
 mod decision;
 mod explain;
@@ -67,7 +68,7 @@ pub use client_ip::ClientIpError;
 pub use config::{Action, Config, ConfigError};
 pub use decision::{DecidedBy, Decision};
 pub use explain::Explanation;
-pub use gate::{Gate, GateError};
+pub use gate::{Gate, GateBuilder, GateError};
 pub use lists::IpSet;
 pub use policy::TraceStep;
 pub use reputation::{

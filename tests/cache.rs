@@ -158,7 +158,12 @@ async fn failures_are_remembered_for_error_ttl() {
         "providers:\n  iocscout: {{ api_key: {KEY}, base_url: '{}', daily_quota: 100 }}\nrules:\n  - {{ name: t, when: {{ status: threat }}, action: block }}\ncache: {{ error_ttl: 400ms }}\n",
         emu.iocscout_url()
     );
-    let g = gate(&yaml).await;
+    let clock = ipgate::clock::ManualClock::starting_now();
+    let g = Gate::builder(Config::from_yaml(&yaml, "test").unwrap())
+        .clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
     for _ in 0..20 {
         assert_eq!(g.decide(ip("198.51.100.3")).await.rule(), "lookup-error");
     }
@@ -167,7 +172,11 @@ async fn failures_are_remembered_for_error_ttl() {
         1,
         "an outage became a retry storm"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Still remembered just before error_ttl is up; asked again after.
+    clock.advance(Duration::from_millis(390));
+    assert_eq!(g.decide(ip("198.51.100.3")).await.rule(), "lookup-error");
+    assert_eq!(emu.calls(Api::Iocscout), 1);
+    clock.advance(Duration::from_millis(20));
     emu.clear_faults();
     emu.set_iocscout(
         ip("198.51.100.3"),
@@ -694,4 +703,29 @@ async fn a_key_echoed_in_an_answer_is_never_stored_or_shown() {
         "ipgate check --json (stderr)",
         &String::from_utf8_lossy(&out.stderr),
     );
+}
+
+#[tokio::test]
+async fn a_spent_daily_quota_comes_back_the_next_utc_day() {
+    let emu = Emulator::start(KEYS).await;
+    let clock = ipgate::clock::ManualClock::new(
+        std::time::UNIX_EPOCH + Duration::from_secs(20_000 * 86_400 + 3_600),
+    );
+    let g = Gate::builder(Config::from_yaml(&providers(&emu, 1), "test").unwrap())
+        .clock(clock.clone())
+        .build()
+        .await
+        .unwrap();
+    g.decide(ip("198.51.100.60")).await;
+    let d = g.decide(ip("198.51.100.61")).await;
+    assert_eq!(d.rule(), "lookup-error");
+    assert!(d.reason.contains("daily quota of 1 spent"), "{}", d.reason);
+    assert_eq!(emu.calls(Api::Iocscout), 1);
+    // 22:59 later: the same UTC day. Then midnight passes.
+    clock.advance(Duration::from_secs(22 * 3_600 + 59 * 60));
+    g.decide(ip("198.51.100.62")).await;
+    assert_eq!(emu.calls(Api::Iocscout), 1);
+    clock.advance(Duration::from_secs(60));
+    g.decide(ip("198.51.100.63")).await;
+    assert_eq!(emu.calls(Api::Iocscout), 2);
 }

@@ -10,6 +10,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use ipgate::clock::Clock;
+
 use common::emulator::*;
 use ipgate::config::{
     Dur, FileProviderConfig, IocscoutConfig, IpswampAuth, IpswampConfig, Providers, SecretText,
@@ -556,7 +558,19 @@ async fn quota_exhausted_cools_down_until_next_utc_midnight() {
 async fn retry_after_bounds_the_cool_down() {
     logs();
     let emu = Emulator::start(KEYS).await;
-    for (api, p) in both(&emu) {
+    let clock = ipgate::clock::ManualClock::starting_now();
+    let shared: ipgate::clock::SharedClock = Arc::new(clock.clone());
+    let both: Vec<(Api, Arc<dyn Provider>)> = vec![
+        (
+            Api::Iocscout,
+            Arc::new(ioc(&emu).with_clock(shared.clone())),
+        ),
+        (
+            Api::Ipswamp,
+            Arc::new(swamp(&emu).with_clock(shared.clone())),
+        ),
+    ];
+    for (api, p) in both {
         emu.set_fault(api, Scope::All, Fault::Status(429, Some(1)));
         let e = p.lookup(ip("198.51.100.1")).await.unwrap_err();
         assert_eq!(
@@ -568,7 +582,7 @@ async fn retry_after_bounds_the_cool_down() {
         let Availability::CoolingDown { until } = p.availability() else {
             panic!("{:?}", p.availability())
         };
-        assert!(until <= SystemTime::now() + Duration::from_secs(1));
+        assert!(until <= clock.now() + Duration::from_secs(1));
         emu.clear_faults();
         let calls = emu.calls(api);
         assert_eq!(
@@ -576,7 +590,10 @@ async fn retry_after_bounds_the_cool_down() {
             ProviderError::CoolingDown
         );
         assert_eq!(emu.calls(api), calls);
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // Still cooling down just before the second is up; ready once it is.
+        clock.advance(Duration::from_millis(900));
+        assert!(!p.availability().is_ready());
+        clock.advance(Duration::from_millis(100));
         assert_eq!(p.availability(), Availability::Ready);
         assert!(p.lookup(ip("198.51.100.1")).await.is_ok());
         assert_eq!(emu.calls(api), calls + 1);
@@ -708,9 +725,10 @@ fn build_skips_providers_without_a_key_with_one_warning() {
             path: Text(file.display().to_string()),
         }),
     };
-    let built =
-        tracing::subscriber::with_default(subscriber, || build(&cfg, http_client().unwrap()))
-            .unwrap();
+    let built = tracing::subscriber::with_default(subscriber, || {
+        build(&cfg, http_client().unwrap(), ipgate::clock::system())
+    })
+    .unwrap();
     let names: Vec<&str> = built.iter().map(|p| p.id().as_str()).collect();
     assert_eq!(names, ["file"]);
     let text = buf.text();
@@ -732,16 +750,20 @@ fn build_skips_providers_without_a_key_with_one_warning() {
         }),
         file: None,
     };
-    let built = build(&cfg, http_client().unwrap()).unwrap();
+    let built = build(&cfg, http_client().unwrap(), ipgate::clock::system()).unwrap();
     let names: Vec<&str> = built.iter().map(|p| p.id().as_str()).collect();
     assert_eq!(names, ["iocscout", "ipswamp"]);
     assert_eq!(built[0].daily_quota(), Some(5));
     assert_eq!(built[1].daily_quota(), Some(1000));
     assert!(built.iter().all(|p| p.availability().is_ready()));
     assert!(
-        build(&Providers::default(), http_client().unwrap())
-            .unwrap()
-            .is_empty()
+        build(
+            &Providers::default(),
+            http_client().unwrap(),
+            ipgate::clock::system()
+        )
+        .unwrap()
+        .is_empty()
     );
 }
 
@@ -760,7 +782,9 @@ fn build_reports_bad_files_with_path_and_position() {
         }),
         ..Default::default()
     };
-    let e = build(&cfg, http_client().unwrap()).err().unwrap();
+    let e = build(&cfg, http_client().unwrap(), ipgate::clock::system())
+        .err()
+        .unwrap();
     let ProviderBuildError::File { path, message } = &e else {
         panic!("{e:?}")
     };
@@ -786,7 +810,7 @@ fn build_reports_bad_files_with_path_and_position() {
         }),
         ..Default::default()
     };
-    let e = build(&cfg, http_client().unwrap())
+    let e = build(&cfg, http_client().unwrap(), ipgate::clock::system())
         .err()
         .unwrap()
         .to_string();
@@ -800,7 +824,7 @@ fn build_reports_bad_files_with_path_and_position() {
         "{\"203.0.113.0/24\": {\"status\": \"threat\"},\n oops}",
     )
     .unwrap();
-    let e = build(&cfg, http_client().unwrap())
+    let e = build(&cfg, http_client().unwrap(), ipgate::clock::system())
         .err()
         .unwrap()
         .to_string();
@@ -819,7 +843,7 @@ async fn file_provider_through_build() {
         }),
         ..Default::default()
     };
-    let built = build(&cfg, http_client().unwrap()).unwrap();
+    let built = build(&cfg, http_client().unwrap(), ipgate::clock::system()).unwrap();
     let p = &built[0];
     assert_eq!(
         p.lookup(ip("203.0.113.7")).await.unwrap().status,

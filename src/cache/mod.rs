@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::future::{BoxFuture, FutureExt};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::SharedClock;
 use crate::config::{CacheConfig, Config, LookupMode};
 use crate::providers::{Availability, Provider, ProviderError};
 use crate::reputation::{Answer, ErrorSource, Lookup, ProviderId, Reputation, ReputationSource};
@@ -29,9 +30,7 @@ use store::{Store, StoreError, Write};
 use writer::{Writer, spawn_purger, spawn_writer};
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::clock::unix_ms(SystemTime::now())
 }
 
 /// One provider's part of an entry.
@@ -135,9 +134,12 @@ struct ProviderSlot {
 impl ProviderSlot {
     /// The provider with its metrics and its daily quota (shared through `quotas`, so
     /// a reload keeps what was spent today).
-    fn new(provider: Arc<dyn Provider>, quotas: &Mutex<HashMap<ProviderId, Arc<Quota>>>) -> Self {
+    fn new(
+        provider: Arc<dyn Provider>,
+        quotas: &Mutex<HashMap<ProviderId, Arc<Quota>>>,
+        today: u32,
+    ) -> Self {
         let id = provider.id();
-        let today = utc_day(SystemTime::now());
         let quota = provider.daily_quota().map(|limit| {
             let mut quotas = quotas.lock().unwrap_or_else(|p| p.into_inner());
             let q = match quotas.get(&id) {
@@ -211,6 +213,8 @@ impl Drop for FlightGuard {
 
 struct Inner {
     shared: Arc<Kept>,
+    /// Expiries and quota days are read from it.
+    clock: SharedClock,
     providers: Vec<ProviderSlot>,
     cfg: CacheConfig,
     skip_private: bool,
@@ -318,19 +322,22 @@ impl ReputationCache {
         config: &Config,
         providers: Vec<Arc<dyn Provider>>,
         previous: Option<&ReputationCache>,
+        clock: SharedClock,
     ) -> Result<ReputationCache, CacheError> {
         let cfg = config.cache.clone();
         if cfg.redis.as_ref().is_some_and(|r| !r.0.is_empty()) {
             return Err(CacheError::RedisUnsupported);
         }
         let (shared, store) = Kept::for_config(&cfg, previous)?;
+        let today = utc_day(clock.now());
         let providers = providers
             .into_iter()
-            .map(|p| ProviderSlot::new(p, &shared.quotas))
+            .map(|p| ProviderSlot::new(p, &shared.quotas, today))
             .collect();
         let cache = ReputationCache {
             inner: Arc::new(Inner {
                 shared,
+                clock,
                 providers,
                 skip_private: config.lookup.skip_private,
                 background: config.lookup.mode == LookupMode::Background,
@@ -348,7 +355,7 @@ impl ReputationCache {
     }
 
     fn load(&self, store: &Store) -> Result<(), CacheError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut loaded = 0usize;
         let mut stale = Vec::new();
         for (key, bytes) in store.load_entries()? {
@@ -379,6 +386,14 @@ impl ReputationCache {
             .entries_gauge
             .set(self.inner.shared.entries.len() as f64);
         Ok(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        crate::clock::unix_ms(self.inner.clock.now())
+    }
+
+    fn today(&self) -> u32 {
+        utc_day(self.inner.clock.now())
     }
 
     fn key(&self, ip: IpAddr) -> IpKey {
@@ -433,7 +448,7 @@ impl ReputationCache {
 
     /// Look-ups left today per provider with a quota.
     pub fn quota_remaining(&self) -> Vec<(ProviderId, u32)> {
-        let today = utc_day(SystemTime::now());
+        let today = self.today();
         self.inner
             .providers
             .iter()
@@ -460,7 +475,7 @@ impl ReputationCache {
     #[inline]
     pub fn cached(&self, ip: IpAddr) -> Option<Arc<Lookup>> {
         let slot = self.inner.shared.entries.get(&self.key(ip))?;
-        if self.fresh(&slot, now_ms()) {
+        if self.fresh(&slot, self.now_ms()) {
             self.inner.results[0].increment(1);
             Some(slot.lookup)
         } else {
@@ -491,7 +506,7 @@ impl ReputationCache {
                 // A flight may have finished between the cache check above and this
                 // lock: its answer is in the cache, so no second call.
                 None if let Some(slot) = self.inner.shared.entries.get(&key)
-                    && self.fresh(&slot, now_ms()) =>
+                    && self.fresh(&slot, self.now_ms()) =>
                 {
                     self.inner.results[0].increment(1);
                     return Answer::Known(slot.lookup);
@@ -569,7 +584,7 @@ impl ReputationCache {
 
     /// One flight: asks every provider whose part is missing or stale, concurrently.
     async fn fly(self, key: IpKey, ip: IpAddr, previous: Option<Slot>) -> Arc<Lookup> {
-        let now = now_ms();
+        let now = self.now_ms();
         let this = &self;
         let inner = &self.inner;
         let asks = inner.providers.iter().map(|slot| {
@@ -603,13 +618,13 @@ impl ReputationCache {
         let name = id.as_str();
         let error_part = |msg: String| Part {
             provider: id,
-            expires_ms: now_ms() + cfg.error_ttl.0.as_millis() as u64,
+            expires_ms: self.now_ms() + cfg.error_ttl.0.as_millis() as u64,
             result: PartResult::Error(msg),
         };
         if id.is_remote() && self.inner.skip_private && is_private(ip) {
             return Part {
                 provider: id,
-                expires_ms: now_ms() + cfg.ttl.0.as_millis() as u64,
+                expires_ms: self.now_ms() + cfg.ttl.0.as_millis() as u64,
                 result: PartResult::Skipped,
             };
         }
@@ -618,14 +633,14 @@ impl ReputationCache {
             Availability::Disabled(why) => return error_part(format!("disabled: {why}")),
             Availability::CoolingDown { until } => {
                 let secs = until
-                    .duration_since(SystemTime::now())
+                    .duration_since(self.inner.clock.now())
                     .unwrap_or(Duration::ZERO)
                     .as_secs();
                 return error_part(format!("quota exhausted; no calls for {secs}s"));
             }
         }
         if let Some(q) = &slot.quota {
-            let today = utc_day(SystemTime::now());
+            let today = self.today();
             let Some(spent) = q.try_reserve(today) else {
                 slot.quota_gauge.set(0.0);
                 return error_part(format!("daily quota of {} spent", q.limit()));
@@ -645,7 +660,7 @@ impl ReputationCache {
                 let ttl = cfg.ttl_by_status.for_status(rep.status, cfg.ttl.0);
                 Part {
                     provider: id,
-                    expires_ms: now_ms() + ttl.as_millis() as u64,
+                    expires_ms: self.now_ms() + ttl.as_millis() as u64,
                     result: PartResult::Answer(rep),
                 }
             }
@@ -660,7 +675,7 @@ impl ReputationCache {
                     // The provider says today's quota is spent: spend our count too, and
                     // remember it across a restart. (With Retry-After the provider's own
                     // cool-down ends earlier, so the count is left as it is.)
-                    let today = utc_day(SystemTime::now());
+                    let today = self.today();
                     q.exhaust(today);
                     slot.quota_gauge.set(0.0);
                     self.persist(Write::Quota(name.to_string(), today, q.limit()), None);
@@ -735,7 +750,13 @@ mod tests {
     async fn a_flight_that_panics_does_not_pin_its_ip() {
         let config = Config::from_yaml("{}", "t").unwrap();
         let provider = Arc::new(PanicsOnce::default());
-        let cache = ReputationCache::new(&config, vec![provider.clone()], None).unwrap();
+        let cache = ReputationCache::new(
+            &config,
+            vec![provider.clone()],
+            None,
+            crate::clock::system(),
+        )
+        .unwrap();
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
 
         let Answer::Known(first) = cache.get(ip, true).await else {

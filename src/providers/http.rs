@@ -14,6 +14,7 @@ use super::{
     Availability, MAX_BODY_BYTES, MAX_RETRY_AFTER, Provider, ProviderBuildError, ProviderError,
     Secret, error_chain, next_utc_midnight,
 };
+use crate::clock::SharedClock;
 use crate::reputation::{ProviderId, Reputation};
 
 /// What an HTTP provider adds to [`Http`]; every `HttpApi` is a [`Provider`].
@@ -76,6 +77,11 @@ pub(crate) struct Http {
 }
 
 impl Http {
+    /// Reads time from `clock` (cool-downs, `Retry-After` dates) instead of the system.
+    pub(crate) fn set_clock(&mut self, clock: SharedClock) {
+        self.gate.clock = clock;
+    }
+
     /// `endpoint` (made from `base_url`, which error messages name) for the provider
     /// `id`, with the trimmed `api_key`.
     pub(crate) fn new(
@@ -168,7 +174,7 @@ impl Http {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            .and_then(|v| parse_retry_after(v, self.gate.clock.now()));
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.map_reqwest(e))? {
             if body.len() + chunk.len() > MAX_BODY_BYTES {
@@ -234,7 +240,7 @@ impl Http {
 
     /// Cools the provider down until `Retry-After`, else the next UTC midnight.
     fn quota(&self, ans: &RawAnswer, msg: &str) -> ProviderError {
-        let now = SystemTime::now();
+        let now = self.gate.clock.now();
         let until = ans
             .retry_after
             .and_then(|d| now.checked_add(d))
@@ -311,9 +317,19 @@ fn error_message_redacted(body: &[u8], redact: impl Fn(&str) -> String) -> Strin
 }
 
 /// The availability state of an HTTP provider.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Gatekeeper {
     state: Mutex<GateState>,
+    clock: SharedClock,
+}
+
+impl Default for Gatekeeper {
+    fn default() -> Self {
+        Gatekeeper {
+            state: Mutex::default(),
+            clock: crate::clock::system(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -334,7 +350,7 @@ impl Gatekeeper {
             return Availability::Disabled(reason.clone());
         }
         match st.cooling_until {
-            Some(until) if SystemTime::now() < until => Availability::CoolingDown { until },
+            Some(until) if self.clock.now() < until => Availability::CoolingDown { until },
             Some(_) => {
                 st.cooling_until = None;
                 Availability::Ready

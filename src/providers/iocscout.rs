@@ -28,6 +28,12 @@ impl fmt::Debug for Iocscout {
 }
 
 impl Iocscout {
+    /// Reads time (cool-downs, `Retry-After` dates) from `clock` instead of the system.
+    pub fn with_clock(mut self, clock: crate::clock::SharedClock) -> Self {
+        self.http.set_clock(clock);
+        self
+    }
+
     /// A client for `cfg` (its `api_key` should be non-empty; see [`super::build`]).
     pub fn new(cfg: &IocscoutConfig, client: reqwest::Client) -> Result<Self, ProviderBuildError> {
         let base = &cfg.base_url.0;

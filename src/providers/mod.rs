@@ -181,20 +181,25 @@ pub enum ProviderBuildError {
 pub fn build(
     cfg: &crate::config::Providers,
     client: reqwest::Client,
+    clock: crate::clock::SharedClock,
 ) -> Result<Vec<Arc<dyn Provider>>, ProviderBuildError> {
     let mut out: Vec<Arc<dyn Provider>> = Vec::new();
     if let Some(c) = &cfg.iocscout {
         if c.api_key.0.trim().is_empty() {
             tracing::warn!(provider = "iocscout", "api_key is empty: provider skipped");
         } else {
-            out.push(Arc::new(Iocscout::new(c, client.clone())?));
+            out.push(Arc::new(
+                Iocscout::new(c, client.clone())?.with_clock(clock.clone()),
+            ));
         }
     }
     if let Some(c) = &cfg.ipswamp {
         if c.api_key.0.trim().is_empty() {
             tracing::warn!(provider = "ipswamp", "api_key is empty: provider skipped");
         } else {
-            out.push(Arc::new(Ipswamp::new(c, client.clone())?));
+            out.push(Arc::new(
+                Ipswamp::new(c, client.clone())?.with_clock(clock.clone()),
+            ));
         }
     }
     if let Some(c) = &cfg.file {
