@@ -90,12 +90,19 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 
 async fn readyz(State(st): State<AdminState>) -> Response {
     let problems = st.gate.readiness_problems();
+    // Redis is reported, never a reason to leave the load balancer: every gateway
+    // serves from its local tier while it is down.
+    let redis = st
+        .gate
+        .shared_tier_state()
+        .map(|s| format!("{s}\n"))
+        .unwrap_or_default();
     if problems.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
+        (StatusCode::OK, format!("ready\n{redis}")).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", problems.join("; ")),
+            format!("not ready: {}\n{redis}", problems.join("; ")),
         )
             .into_response()
     }
@@ -192,7 +199,7 @@ async fn add_ban(State(st): State<AdminState>, body: axum::body::Bytes) -> Respo
         Ok(t) => t.unwrap_or(Duration::from_secs(3600)),
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let ban = st.gate.bans().add(cidr, ttl, req.reason);
+    let ban = st.gate.ban(cidr, ttl, req.reason).await;
     if req.force && too_wide(&cidr).is_some() {
         tracing::warn!(cidr = %ban.cidr, ttl = ?ttl, reason = %ban.reason, "wide ban added with force");
     } else {
@@ -206,7 +213,7 @@ async fn remove_ban(State(st): State<AdminState>, Path(cidr): Path<String>) -> R
         Ok(c) => c.0,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    if st.gate.bans().remove(cidr) {
+    if st.gate.unban(cidr).await {
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(StatusCode::NOT_FOUND, format!("no ban on {cidr}"))

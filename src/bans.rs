@@ -6,12 +6,12 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::lists::IpSet;
 
 /// One ban.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ban {
     pub cidr: IpNet,
     /// Unix seconds when the ban ends.
@@ -102,6 +102,26 @@ impl Bans {
             .collect()
     }
 
+    /// Puts `ban` in force as it is (same expiry and reason), replacing a ban on the
+    /// same network: a ban read back from a store or another gateway.
+    pub fn restore(&self, ban: Ban) {
+        if ban.expires <= now_secs() {
+            return;
+        }
+        self.update(|bans| {
+            bans.retain(|b| b.cidr != ban.cidr);
+            bans.push(ban);
+        });
+    }
+
+    /// Replaces every ban with `bans` (expired ones dropped): the cluster's list.
+    pub fn replace_all(&self, bans: Vec<Ban>) {
+        let now = now_secs();
+        self.update(|current| {
+            *current = bans.into_iter().filter(|b| b.expires > now).collect();
+        });
+    }
+
     /// Drops expired bans.
     pub fn purge(&self) {
         let now = now_secs();
@@ -115,6 +135,7 @@ impl Bans {
         let mut bans = self.table.load().bans.clone();
         f(&mut bans);
         let set = bans.iter().map(|b| b.cidr).collect();
+        metrics::gauge!(crate::metrics::BANS).set(bans.len() as f64);
         self.table.store(Arc::new(Table { set, bans }));
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::bans::Bans;
+use crate::bans::{Ban, Bans};
 use crate::block_page::{BlockPage, BlockPageError};
 use crate::cache::{CacheError, ReputationCache};
 use crate::clock::{Clock, SharedClock};
@@ -16,6 +16,7 @@ use crate::decision::Decision;
 use crate::explain::Explanation;
 use crate::feeds::Feeds;
 use crate::reputation::{NoReputation, ReputationSource};
+use crate::shared_tier::{SharedTier, TierSetupError};
 use crate::snapshot::{Parts, Snapshot};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -39,6 +40,9 @@ pub enum GateError {
     #[cfg(feature = "gateway")]
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// `cache.redis` cannot be used.
+    #[error(transparent)]
+    SharedTier(#[from] TierSetupError),
     /// A provider (or the HTTP client providers and feeds share) cannot be set up.
     #[error(transparent)]
     Providers(#[from] crate::providers::ProviderBuildError),
@@ -50,6 +54,10 @@ struct Inner {
     /// A source given by the embedding application (kept across reloads).
     custom_source: Option<Arc<dyn ReputationSource>>,
     clock: SharedClock,
+    /// Redis, when `cache.redis` is set (kept for the process's life).
+    tier: Option<SharedTier>,
+    /// The ban records written to `cache.path` (to remove those the cluster dropped).
+    stored_bans: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Serializes reloads.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -88,23 +96,61 @@ impl GateBuilder {
     /// Builds the gate: opens the cache store, loads the feeds, sets up the providers.
     pub async fn build(self) -> Result<Gate, GateError> {
         let bans = Bans::default();
+        let tier = match self.config.cache.redis.as_ref().filter(|u| !u.0.is_empty()) {
+            Some(url) => Some(
+                SharedTier::connect(
+                    &url.0,
+                    &self.config.cache.redis_prefix.0,
+                    self.config.cache.redis_timeout.0,
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let live = build_snapshot(
             self.config,
             None,
             self.source.clone(),
             bans.clone(),
             &self.clock,
+            tier.as_ref(),
         )
         .await?;
-        Ok(Gate {
+        // Bans a restart must keep: those of cache.path, then the cluster's.
+        let mut stored = std::collections::HashSet::new();
+        if let Some(cache) = live.cache() {
+            for ban in crate::ban_sync::from_records(cache.take_stored_bans()) {
+                stored.insert(crate::ban_sync::record_key(ban.cidr));
+                bans.restore(ban);
+            }
+        }
+        let gate = Gate {
             inner: Arc::new(Inner {
                 live: ArcSwap::from_pointee(live),
                 bans,
                 custom_source: self.source,
                 clock: self.clock,
+                tier,
+                stored_bans: std::sync::Mutex::new(stored),
                 reloading: tokio::sync::Mutex::new(()),
             }),
-        })
+        };
+        if let Some(tier) = gate.inner.tier.clone() {
+            if tier.is_up() {
+                let _ = crate::ban_sync::restore_if_lost(&tier, &gate.inner.bans).await;
+                if let Ok(live) = crate::ban_sync::resync(&tier, &gate.inner.bans).await {
+                    gate.keep_bans(&live);
+                }
+            }
+            let weak = Arc::downgrade(&gate.inner);
+            let keeper = weak.clone();
+            crate::ban_sync::spawn(tier, gate.inner.bans.clone(), weak, move |live| {
+                if let Some(inner) = keeper.upgrade() {
+                    (Gate { inner }).keep_bans(live);
+                }
+            });
+        }
+        Ok(gate)
     }
 }
 
@@ -174,6 +220,7 @@ impl Gate {
             self.inner.custom_source.clone(),
             self.inner.bans.clone(),
             &self.inner.clock,
+            self.inner.tier.as_ref(),
         )
         .await;
         match built {
@@ -207,9 +254,86 @@ impl Gate {
         self.inner.live.load().config().clone()
     }
 
-    /// Temporary bans.
+    /// Temporary bans in force (read them; change them with [`Gate::ban`] and
+    /// [`Gate::unban`], which also store and share them).
     pub fn bans(&self) -> &Bans {
         &self.inner.bans
+    }
+
+    /// Bans `cidr` for `ttl`: in force here at once, kept in `cache.path`, and on every
+    /// gateway of the cluster within a second (`cache.redis`).
+    pub async fn ban(&self, cidr: ipnet::IpNet, ttl: std::time::Duration, reason: String) -> Ban {
+        let ban = self.inner.bans.add(cidr, ttl, reason);
+        if let (Some(cache), Some((key, value))) = (
+            self.inner.live.load().cache(),
+            crate::ban_sync::record(&ban),
+        ) {
+            self.stored_bans().insert(key.clone());
+            cache.put_record(key, value);
+        }
+        if let Some(tier) = &self.inner.tier
+            && let Err(e) = crate::ban_sync::publish(tier, &ban).await
+        {
+            tracing::warn!(cidr = %ban.cidr, error = %e, "ban in force here only: it reaches the other gateways when Redis is back");
+        }
+        ban
+    }
+
+    /// Lifts the ban on exactly `cidr` (here, in `cache.path` and in the cluster); true
+    /// when there was one here.
+    pub async fn unban(&self, cidr: ipnet::IpNet) -> bool {
+        let cidr = crate::config::normalize_net(cidr);
+        let found = self.inner.bans.remove(cidr);
+        let key = crate::ban_sync::record_key(cidr);
+        if let Some(cache) = self.inner.live.load().cache() {
+            self.stored_bans().remove(&key);
+            cache.delete_record(key);
+        }
+        if let Some(tier) = &self.inner.tier
+            && let Err(e) = crate::ban_sync::withdraw(tier, cidr).await
+        {
+            tracing::warn!(cidr = %cidr, error = %e, "ban lifted here only: Redis is down");
+        }
+        found
+    }
+
+    fn stored_bans(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.inner
+            .stored_bans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores the cluster's bans in `cache.path` (a restart without Redis keeps them).
+    fn keep_bans(&self, live: &[Ban]) {
+        let Some(cache) = self.inner.live.load().cache().cloned() else {
+            return;
+        };
+        let mut stored = self.stored_bans();
+        let mut now = std::collections::HashSet::new();
+        for ban in live {
+            if let Some((key, value)) = crate::ban_sync::record(ban) {
+                now.insert(key.clone());
+                cache.put_record(key, value);
+            }
+        }
+        for gone in stored.difference(&now) {
+            cache.delete_record(gone.clone());
+        }
+        *stored = now;
+    }
+
+    /// `redis: up` / `redis: down` when the shared tier is configured: reported by
+    /// `/readyz` without making the gateway unready (an outage of Redis must not take
+    /// every gateway out of the load balancer).
+    pub fn shared_tier_state(&self) -> Option<&'static str> {
+        self.inner.tier.as_ref().map(|t| {
+            if t.is_up() {
+                "redis: up"
+            } else {
+                "redis: down"
+            }
+        })
     }
 
     /// Resolves the client IP of a request from its peer and headers, then decides.
@@ -260,6 +384,16 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     if old.tls.is_some() != new.tls.is_some() {
         changed.push("tls turned on or off".to_string());
     }
+    let redis = |c: &Config| {
+        (
+            c.cache.redis.as_ref().map(|u| u.0.clone()),
+            c.cache.redis_prefix.0.clone(),
+            c.cache.redis_timeout.0,
+        )
+    };
+    if redis(old) != redis(new) {
+        changed.push("cache.redis, cache.redis_prefix or cache.redis_timeout".to_string());
+    }
     changed
 }
 
@@ -271,6 +405,7 @@ async fn build_snapshot(
     custom_source: Option<Arc<dyn ReputationSource>>,
     bans: Bans,
     clock: &SharedClock,
+    tier: Option<&SharedTier>,
 ) -> Result<Snapshot, GateError> {
     let block_page = BlockPage::from_config(&config.block_response)?;
     let upstream = config
@@ -284,9 +419,13 @@ async fn build_snapshot(
         .as_ref()
         .map(|t| crate::tls::tls_acceptor(&t.cert.0, &t.key.0))
         .transpose()?;
+    // A cache is kept when there is anything to cache or keep: providers, a store (it
+    // also keeps bans and cool-downs) or the shared tier.
     let has_provider = config.providers.iocscout.is_some()
         || config.providers.ipswamp.is_some()
-        || config.providers.file.is_some();
+        || config.providers.file.is_some()
+        || config.cache.path.as_ref().is_some_and(|p| !p.0.is_empty())
+        || tier.is_some();
     let (source, cache): (Arc<dyn ReputationSource>, Option<ReputationCache>) = match custom_source
     {
         Some(s) => (s, None),
@@ -299,6 +438,7 @@ async fn build_snapshot(
                 providers,
                 previous.and_then(|p| p.cache()),
                 clock.clone(),
+                tier.cloned(),
             )?;
             (Arc::new(cache.clone()), Some(cache))
         }

@@ -26,6 +26,7 @@
 //! `providers`; `proxy` forwards what the layer lets through. See docs/architecture.md.
 #![forbid(unsafe_code)]
 
+mod ban_sync;
 mod bans;
 mod block_page;
 mod cache;
@@ -41,6 +42,7 @@ pub mod metrics;
 mod policy;
 pub mod providers;
 pub mod reputation;
+mod shared_tier;
 mod snapshot;
 mod upstream;
 

@@ -28,6 +28,11 @@ pub const UPSTREAM_SECONDS: &str = "ipgate_upstream_seconds";
 /// reputation and none was available).
 pub const LOOKUP_FAILURES: &str = "ipgate_lookup_failures_total";
 
+/// `ipgate_redis_up`: 1 while the shared tier (Redis) answers, 0 while it does not.
+pub const REDIS_UP: &str = "ipgate_redis_up";
+/// `ipgate_bans`: bans in force.
+pub const BANS: &str = "ipgate_bans";
+
 /// Registers the descriptions with the installed recorder.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -54,6 +59,11 @@ pub fn describe() {
         "Time to the upstream's response head."
     );
     describe_counter!(LOOKUP_FAILURES, "Decisions made by lookup.on_error.");
+    describe_gauge!(
+        REDIS_UP,
+        "1 while the shared tier (Redis) answers, 0 while it does not."
+    );
+    describe_gauge!(BANS, "Bans in force.");
     describe_gauge!(FEED_ENTRIES, "Networks in each feed.");
     describe_counter!(
         FEED_REFRESH,

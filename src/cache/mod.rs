@@ -7,8 +7,10 @@
 //! if they give up at `lookup.timeout`), each provider is called once.
 
 pub mod key;
+mod limits;
 pub mod quota;
 pub mod store;
+mod tiered;
 mod writer;
 
 use std::collections::HashMap;
@@ -21,8 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::SharedClock;
 use crate::config::{CacheConfig, Config, LookupMode};
-use crate::providers::{Availability, Provider, ProviderError};
+use crate::providers::{Availability, Provider};
 use crate::reputation::{Answer, ErrorSource, Lookup, ProviderId, Reputation, ReputationSource};
+use crate::shared_tier::SharedTier;
 
 pub use key::{IpKey, is_private};
 use quota::{Quota, utc_day};
@@ -35,7 +38,7 @@ fn now_ms() -> u64 {
 
 /// One provider's part of an entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Part {
+pub(crate) struct Part {
     provider: ProviderId,
     /// Unix ms after which this part is stale.
     expires_ms: u64,
@@ -55,7 +58,7 @@ enum PartResult {
 /// cache) and bumps one reference count: the expiries of each provider's part are
 /// here, the parts themselves are rebuilt from the shared `Lookup` when needed.
 #[derive(Debug, Clone)]
-struct Slot {
+pub(crate) struct Slot {
     /// Unix ms until which each provider's part is fresh (0: no part), by
     /// [`ProviderId::index`].
     expires: [u64; ProviderId::ALL.len()],
@@ -117,16 +120,16 @@ impl Slot {
 pub enum CacheError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(
-        "cache.redis: the shared Redis tier is not available in this version; remove the key (each gateway then keeps its own cache and quota)"
-    )]
-    RedisUnsupported,
 }
 
 struct ProviderSlot {
     provider: Arc<dyn Provider>,
     id: ProviderId,
     quota: Option<Arc<Quota>>,
+    /// What this gateway may spend on its own while Redis is down (shared tier only).
+    fallback: Option<Arc<Quota>>,
+    /// The provider's key fingerprint (a refused key is remembered by it).
+    fingerprint: u64,
     requests: [metrics::Counter; 6],
     quota_gauge: metrics::Gauge,
 }
@@ -163,9 +166,11 @@ impl ProviderSlot {
             quota_gauge.set(f64::from(q.remaining(today)));
         }
         ProviderSlot {
+            fingerprint: provider.key_fingerprint(),
             provider,
             id,
             quota,
+            fallback: None,
             requests,
             quota_gauge,
         }
@@ -187,11 +192,15 @@ type Flight = futures_util::future::Shared<BoxFuture<'static, Arc<Lookup>>>;
 struct Kept {
     entries: quick_cache::sync::Cache<IpKey, Slot>,
     flights: Mutex<HashMap<IpKey, Flight>>,
-    writer: Option<Writer>,
+    writer: Option<Arc<Writer>>,
     path: Option<String>,
     max_entries: u64,
     ipv6_prefix: u8,
     quotas: Mutex<HashMap<ProviderId, Arc<Quota>>>,
+    /// Provider cool-downs (429, spent quota, refused key), from `cache.path` at start.
+    cooldowns: Mutex<HashMap<ProviderId, limits::Cooldown>>,
+    /// The ban records found in `cache.path` when it was opened (taken once).
+    bans_at_open: Mutex<Vec<(String, Vec<u8>)>>,
 }
 
 /// Removes a key from the in-flight map when dropped: on completion, on error, when
@@ -213,6 +222,10 @@ impl Drop for FlightGuard {
 
 struct Inner {
     shared: Arc<Kept>,
+    /// Redis, when `cache.redis` is set.
+    tier: Option<SharedTier>,
+    /// How long one cluster-wide look-up may hold its lock.
+    lock_ttl: Duration,
     /// Expiries and quota days are read from it.
     clock: SharedClock,
     providers: Vec<ProviderSlot>,
@@ -278,6 +291,22 @@ impl Kept {
             Some(s) => s.writer.clone(),
             None => store.as_ref().map(|s| spawn_writer(s.clone())),
         };
+        let cooldowns = match (&store, same_file) {
+            (Some(st), _) => Self::stored_cooldowns(st)?,
+            (None, Some(s)) => s
+                .cooldowns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            (None, None) => previous
+                .map(|p| {
+                    p.cooldowns
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone()
+                })
+                .unwrap_or_default(),
+        };
         let kept = Arc::new(Kept {
             entries,
             flights: Mutex::new(HashMap::new()),
@@ -286,8 +315,30 @@ impl Kept {
             max_entries: cfg.max_entries,
             ipv6_prefix: cfg.ipv6_prefix,
             quotas: Mutex::new(quotas),
+            cooldowns: Mutex::new(cooldowns),
+            bans_at_open: Mutex::new(match &store {
+                Some(st) => st.load_state("ban:")?,
+                None => Vec::new(),
+            }),
         });
         Ok((kept, store))
+    }
+
+    /// The cool-downs kept in the store.
+    fn stored_cooldowns(
+        store: &Store,
+    ) -> Result<HashMap<ProviderId, limits::Cooldown>, CacheError> {
+        let mut out = HashMap::new();
+        for (record, json) in store.load_state("cooldown:")? {
+            let id = record.trim_start_matches("cooldown:").parse::<ProviderId>();
+            match (id, serde_json::from_slice::<limits::Cooldown>(&json)) {
+                (Ok(id), Ok(c)) => {
+                    out.insert(id, c);
+                }
+                _ => tracing::warn!(record = %record, "ignoring an unreadable stored cool-down"),
+            }
+        }
+        Ok(out)
     }
 
     /// Today's quota counters: carried over from the previous cache, raised to what the
@@ -318,25 +369,42 @@ impl ReputationCache {
     /// With `previous` (a reload), its entries, store and quota counters are kept when
     /// `cache.path`, `max_entries` and `ipv6_prefix` are unchanged; quota counters are
     /// always carried over, so a reload never hands out a spent quota again.
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         providers: Vec<Arc<dyn Provider>>,
         previous: Option<&ReputationCache>,
         clock: SharedClock,
+        tier: Option<SharedTier>,
     ) -> Result<ReputationCache, CacheError> {
         let cfg = config.cache.clone();
-        if cfg.redis.as_ref().is_some_and(|r| !r.0.is_empty()) {
-            return Err(CacheError::RedisUnsupported);
-        }
         let (shared, store) = Kept::for_config(&cfg, previous)?;
         let today = utc_day(clock.now());
         let providers = providers
             .into_iter()
-            .map(|p| ProviderSlot::new(p, &shared.quotas, today))
+            .map(|p| {
+                let mut slot = ProviderSlot::new(p, &shared.quotas, today);
+                if tier.is_some() && slot.quota.is_some() {
+                    slot.fallback = Some(Arc::new(Quota::new(cfg.redis_fallback_quota, today, 0)));
+                }
+                slot
+            })
             .collect();
+        // A look-up is bounded by each provider's timeout, all at once; the lock
+        // outlives the slowest by a margin.
+        let slowest = [
+            config.providers.iocscout.as_ref().map(|p| p.timeout.0),
+            config.providers.ipswamp.as_ref().map(|p| p.timeout.0),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(Duration::ZERO)
+        .max(config.lookup.timeout.0);
         let cache = ReputationCache {
             inner: Arc::new(Inner {
                 shared,
+                tier,
+                lock_ttl: slowest + Duration::from_secs(1),
                 clock,
                 providers,
                 skip_private: config.lookup.skip_private,
@@ -427,6 +495,28 @@ impl ReputationCache {
         self.inner.entries_gauge.set(0.0);
     }
 
+    /// The ban records `cache.path` held when it was opened (once; empty after).
+    pub(crate) fn take_stored_bans(&self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(
+            &mut *self
+                .inner
+                .shared
+                .bans_at_open
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Writes a record of the state table (`ban:...`) to `cache.path` (no-op without it).
+    pub(crate) fn put_record(&self, key: String, value: Vec<u8>) {
+        self.persist(Write::Put(key, value), None);
+    }
+
+    /// Removes a record of the state table from `cache.path`.
+    pub(crate) fn delete_record(&self, key: String) {
+        self.persist(Write::Delete(key), None);
+    }
+
     /// Waits until every write so far is committed to `cache.path` (no-op without it).
     pub async fn sync(&self) {
         if self.inner.shared.writer.is_some() {
@@ -466,8 +556,8 @@ impl ReputationCache {
     }
 
     fn persist(&self, w: Write, ack: Option<tokio::sync::oneshot::Sender<()>>) {
-        if let Some(tx) = &self.inner.shared.writer {
-            let _ = tx.send((w, ack));
+        if let Some(writer) = &self.inner.shared.writer {
+            writer.send(w, ack);
         }
     }
 
@@ -486,6 +576,12 @@ impl ReputationCache {
     /// Reputation for `ip`: the cache, else one flight to the providers. Without
     /// `allow_remote`, only what is stored (fresh or not) and local providers answer.
     pub async fn get(&self, ip: IpAddr, allow_remote: bool) -> Answer {
+        if self.inner.providers.is_empty() {
+            return Answer::Known(Arc::new(Lookup::failure(
+                ErrorSource::NoProvider,
+                "no reputation provider configured",
+            )));
+        }
         if let Some(l) = self.cached(ip) {
             return Answer::Known(l);
         }
@@ -584,6 +680,21 @@ impl ReputationCache {
 
     /// One flight: asks every provider whose part is missing or stale, concurrently.
     async fn fly(self, key: IpKey, ip: IpAddr, previous: Option<Slot>) -> Arc<Lookup> {
+        let mut previous = previous;
+        let mut locked = false;
+        let tier = self.inner.tier.clone();
+        if let Some(tier) = &tier {
+            match self.ask_tier(tier, key).await {
+                tiered::FromTier::Fresh(slot, bytes) => {
+                    self.install(key, &slot, bytes);
+                    return slot.lookup;
+                }
+                tiered::FromTier::Ask { stale, locked: l } => {
+                    previous = stale.or(previous);
+                    locked = l;
+                }
+            }
+        }
         let now = self.now_ms();
         let this = &self;
         let inner = &self.inner;
@@ -602,7 +713,11 @@ impl ReputationCache {
         let parts: Vec<Part> = futures_util::future::join_all(asks).await;
         if let Ok(json) = serde_json::to_vec(&parts) {
             let expires = parts.iter().map(|p| p.expires_ms).max().unwrap_or(0);
-            self.persist(Write::Entry(key, store::entry_bytes(expires, &json)), None);
+            let bytes = store::entry_bytes(expires, &json);
+            if let Some(tier) = &tier {
+                self.store_in_tier(tier, key, &bytes, expires, locked).await;
+            }
+            self.persist(Write::Entry(key, bytes), None);
         }
         let entry = Slot::new(&parts);
         inner.shared.entries.insert(key, entry.clone());
@@ -628,31 +743,8 @@ impl ReputationCache {
                 result: PartResult::Skipped,
             };
         }
-        match slot.provider.availability() {
-            Availability::Ready => {}
-            Availability::Disabled(why) => return error_part(format!("disabled: {why}")),
-            Availability::CoolingDown { until } => {
-                let secs = until
-                    .duration_since(self.inner.clock.now())
-                    .unwrap_or(Duration::ZERO)
-                    .as_secs();
-                return error_part(format!("quota exhausted; no calls for {secs}s"));
-            }
-        }
-        if let Some(q) = &slot.quota {
-            let today = self.today();
-            let Some(spent) = q.try_reserve(today) else {
-                slot.quota_gauge.set(0.0);
-                return error_part(format!("daily quota of {} spent", q.limit()));
-            };
-            slot.quota_gauge
-                .set(f64::from(q.limit().saturating_sub(spent)));
-            // The reservation is on disk before the call is made.
-            if self.inner.shared.writer.is_some() {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                self.persist(Write::Quota(name.to_string(), today, spent), Some(tx));
-                let _ = rx.await;
-            }
+        if let Err(why) = self.may_ask(slot).await {
+            return error_part(why);
         }
         match slot.provider.lookup(ip).await {
             Ok(rep) => {
@@ -669,17 +761,7 @@ impl ReputationCache {
                 if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
                     slot.requests[i].increment(1);
                 }
-                if matches!(e, ProviderError::QuotaExhausted { retry_after: None })
-                    && let Some(q) = &slot.quota
-                {
-                    // The provider says today's quota is spent: spend our count too, and
-                    // remember it across a restart. (With Retry-After the provider's own
-                    // cool-down ends earlier, so the count is left as it is.)
-                    let today = self.today();
-                    q.exhaust(today);
-                    slot.quota_gauge.set(0.0);
-                    self.persist(Write::Quota(name.to_string(), today, q.limit()), None);
-                }
+                self.after_error(slot, &e).await;
                 tracing::info!(provider = name, outcome, error = %e, "provider look-up failed");
                 error_part(e.to_string())
             }
@@ -688,14 +770,19 @@ impl ReputationCache {
 
     /// Reasons a provider cannot be used (for `/readyz`).
     pub fn problems(&self) -> Vec<String> {
-        self.inner
+        let mut problems: Vec<String> = self
+            .inner
             .providers
             .iter()
             .filter_map(|s| match s.provider.availability() {
                 Availability::Disabled(why) => Some(format!("provider {} disabled: {why}", s.id)),
                 _ => None,
             })
-            .collect()
+            .collect();
+        if problems.is_empty() {
+            problems = self.refused_keys();
+        }
+        problems
     }
 }
 
@@ -714,7 +801,14 @@ impl ReputationSource for ReputationCache {
 
     fn evict(&self, ip: IpAddr) -> BoxFuture<'_, bool> {
         let removed = ReputationCache::evict(self, ip);
-        Box::pin(std::future::ready(removed))
+        let key = self.key(ip);
+        Box::pin(async move {
+            // The cluster forgets it too, or the next miss would bring it back.
+            if let Some(tier) = &self.inner.tier {
+                let _ = tier.del(&tier.keys().rep(key)).await;
+            }
+            removed
+        })
     }
 }
 
@@ -722,6 +816,7 @@ impl ReputationSource for ReputationCache {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::providers::ProviderError;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// Panics on its first look-up, answers after that.
@@ -755,6 +850,7 @@ mod tests {
             vec![provider.clone()],
             None,
             crate::clock::system(),
+            None,
         )
         .unwrap();
         let ip: IpAddr = "198.51.100.7".parse().unwrap();

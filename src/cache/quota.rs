@@ -71,6 +71,17 @@ impl Quota {
         self.limit - self.remaining(day)
     }
 
+    /// Raises the count of `day` to `spent` (what the cluster counted); never lowers it.
+    pub fn raise(&self, day: u32, spent: u32) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                let (d, c) = ((s >> 32) as u32, s as u32);
+                let c = if d == day { c.max(spent) } else { spent };
+                Some((u64::from(day) << 32) | u64::from(c))
+            });
+    }
+
     /// The daily limit.
     pub fn limit(&self) -> u32 {
         self.limit

@@ -13,6 +13,9 @@ use super::key::IpKey;
 const REPUTATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reputations");
 const QUOTAS: TableDefinition<&str, (u32, u32)> = TableDefinition::new("quotas");
 const META: TableDefinition<&str, &str> = TableDefinition::new("ipgate_meta");
+/// Small records that must survive a restart: bans (`ban:CIDR`), provider cool-downs
+/// (`cooldown:PROVIDER`), each a JSON value.
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const FORMAT: &str = "ipgate-cache-1";
 
 /// Why the store could not be used.
@@ -97,6 +100,7 @@ impl Store {
             meta.insert("format", FORMAT).map_err(|e| e.to_string())?;
             tx.open_table(REPUTATIONS).map_err(|e| e.to_string())?;
             tx.open_table(QUOTAS).map_err(|e| e.to_string())?;
+            tx.open_table(STATE).map_err(|e| e.to_string())?;
         }
         tx.commit().map_err(|e| e.to_string())
     }
@@ -122,6 +126,25 @@ impl Store {
         Ok(out)
     }
 
+    /// The stored records whose key starts with `prefix` (`ban:`, `cooldown:`).
+    pub fn load_state(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = match tx.open_table(STATE) {
+            Ok(t) => t,
+            // A file written before the table existed.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.io(e)),
+        };
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| self.io(e))? {
+            let (k, v) = row.map_err(|e| self.io(e))?;
+            if k.value().starts_with(prefix) {
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Stored quota counters: provider → (UTC day, spent).
     pub fn load_quotas(&self) -> Result<HashMap<String, (u32, u32)>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.io(e))?;
@@ -140,8 +163,17 @@ impl Store {
         {
             let mut reps = tx.open_table(REPUTATIONS).map_err(|e| self.io(e))?;
             let mut quotas = tx.open_table(QUOTAS).map_err(|e| self.io(e))?;
+            let mut state = tx.open_table(STATE).map_err(|e| self.io(e))?;
             for w in batch {
                 match w {
+                    Write::Put(k, v) => {
+                        state
+                            .insert(k.as_str(), v.as_slice())
+                            .map_err(|e| self.io(e))?;
+                    }
+                    Write::Delete(k) => {
+                        state.remove(k.as_str()).map_err(|e| self.io(e))?;
+                    }
                     Write::Entry(k, v) => {
                         reps.insert(k.to_bytes().as_slice(), v.as_slice())
                             .map_err(|e| self.io(e))?;
@@ -252,6 +284,16 @@ fn read_everything(db: &impl ReadableDatabase) -> Result<(), String> {
         let (k, v) = row.map_err(|e| e.to_string())?;
         std::hint::black_box((k.value().len(), v.value()));
     }
+    match tx.open_table(STATE) {
+        Ok(state) => {
+            for row in state.iter().map_err(|e| e.to_string())? {
+                let (k, v) = row.map_err(|e| e.to_string())?;
+                std::hint::black_box((k.value().len(), v.value().len()));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
     Ok(())
 }
 
@@ -336,6 +378,10 @@ pub enum Write {
     Remove(IpKey),
     Clear,
     Quota(String, u32, u32),
+    /// A record of the state table (ban, cool-down).
+    Put(String, Vec<u8>),
+    /// Removes a record of the state table.
+    Delete(String),
     /// Nothing: acknowledged once every earlier write is committed.
     Barrier,
     /// Removes every entry that expired before this unix ms.

@@ -6,8 +6,33 @@ use std::time::Duration;
 use super::store::{Store, Write};
 use super::{Kept, now_ms};
 
-/// Sends writes (with an optional acknowledgement once committed) to the writer.
-pub(super) type Writer = std::sync::mpsc::Sender<(Write, Option<tokio::sync::oneshot::Sender<()>>)>;
+type Job = (Write, Option<tokio::sync::oneshot::Sender<()>>);
+
+/// The writer thread and the way to it. Shared by every cache on the same file (a
+/// reload keeps it); when the last one lets go, the thread finishes what it was sent
+/// and closes the file before the drop returns, so the file can be opened again at once.
+pub(super) struct Writer {
+    tx: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Queues a write; `ack` is answered once it is committed.
+    pub(super) fn send(&self, w: Write, ack: Option<tokio::sync::oneshot::Sender<()>>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((w, ack));
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 /// Removes expired rows from the store every hour, for as long as the cache lives.
 pub(super) fn spawn_purger(kept: std::sync::Weak<Kept>) {
@@ -21,15 +46,15 @@ pub(super) fn spawn_purger(kept: std::sync::Weak<Kept>) {
             tick.tick().await;
             let Some(kept) = kept.upgrade() else { return };
             if let Some(w) = &kept.writer {
-                let _ = w.send((Write::PurgeExpired(now_ms()), None));
+                w.send(Write::PurgeExpired(now_ms()), None);
             }
         }
     });
 }
 
 /// The store writer: batches writes into one transaction each, on a blocking thread.
-pub(super) fn spawn_writer(store: Store) -> Writer {
-    let (tx, rx) = std::sync::mpsc::channel::<(Write, Option<tokio::sync::oneshot::Sender<()>>)>();
+pub(super) fn spawn_writer(store: Store) -> std::sync::Arc<Writer> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
     let spawned = std::thread::Builder::new()
         .name("ipgate-cache-writer".into())
         .spawn(move || {
@@ -52,8 +77,15 @@ pub(super) fn spawn_writer(store: Store) -> Writer {
                 }
             }
         });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the cache writer; nothing will be persisted");
-    }
-    tx
+    let thread = match spawned {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the cache writer; nothing will be persisted");
+            None
+        }
+    };
+    std::sync::Arc::new(Writer {
+        tx: Some(tx),
+        thread,
+    })
 }

@@ -263,7 +263,15 @@ pub struct CacheConfig {
     pub max_entries: u64,
     pub ipv6_prefix: u8,
     pub path: Option<Text>,
-    pub redis: Option<Text>,
+    /// The shared tier: `redis://[:PASSWORD@]HOST:PORT[/DB]` or `rediss://` (TLS).
+    pub redis: Option<SecretText>,
+    /// Prefix of every Redis key (several deployments can share one Redis).
+    pub redis_prefix: Text,
+    /// Bound on every Redis call; a slower answer counts as Redis down.
+    pub redis_timeout: Dur,
+    /// Look-ups per provider per day this gateway may spend on its own while Redis is
+    /// down (they cannot be counted for the cluster). 0: none, `lookup.on_error` decides.
+    pub redis_fallback_quota: u32,
 }
 
 impl Default for CacheConfig {
@@ -276,6 +284,9 @@ impl Default for CacheConfig {
             ipv6_prefix: 64,
             path: None,
             redis: None,
+            redis_prefix: Text("ipgate:".into()),
+            redis_timeout: Dur(Duration::from_millis(50)),
+            redis_fallback_quota: 0,
         }
     }
 }

@@ -122,6 +122,25 @@ impl Config {
                 ),
             ));
         }
+        if let Some(url) = self.cache.redis.as_ref().filter(|u| !u.0.is_empty())
+            && let Err(why) = check_redis_url(&url.0)
+        {
+            issues.push(ConfigIssue::keyed("cache.redis", why));
+        }
+        if self.cache.redis_timeout.0.is_zero()
+            || self.cache.redis_timeout.0 > Duration::from_secs(5)
+        {
+            issues.push(ConfigIssue::keyed(
+                "cache.redis_timeout",
+                "must be more than 0 and at most 5s (a slow Redis must never slow a decision)",
+            ));
+        }
+        if self.cache.redis_prefix.0.contains(char::is_whitespace) {
+            issues.push(ConfigIssue::keyed(
+                "cache.redis_prefix",
+                "must not contain spaces",
+            ));
+        }
         if self.lookup.timeout.0.is_zero() {
             issues.push(ConfigIssue::keyed("lookup.timeout", "must be more than 0"));
         }
@@ -163,4 +182,24 @@ fn check_condition(
     if let Some(inner) = &c.not {
         check_condition(inner, &format!("{key}.not"), feeds, report);
     }
+}
+
+/// `redis://` or `rediss://` with a host; the message never shows a password.
+fn check_redis_url(text: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| format!("not a URL ({e}); expected redis://HOST:PORT[/DB] or rediss://..."))?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err(format!(
+            "scheme `{}`: expected redis:// or rediss:// (TLS)",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host: expected redis://HOST:PORT[/DB]".into());
+    }
+    let db = url.path().trim_start_matches('/');
+    if !db.is_empty() && db.parse::<u8>().is_err() {
+        return Err(format!("`/{db}` is not a database number"));
+    }
+    Ok(())
 }

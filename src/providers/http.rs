@@ -50,6 +50,10 @@ impl<A: HttpApi> Provider for A {
     fn daily_quota(&self) -> Option<u32> {
         Some(self.http().daily_quota)
     }
+
+    fn key_fingerprint(&self) -> u64 {
+        self.http().key.fingerprint()
+    }
 }
 
 /// What a 2xx body turned out to be.
@@ -274,17 +278,19 @@ pub(crate) struct RawAnswer {
     pub body: Vec<u8>,
 }
 
-/// `Retry-After`: delta-seconds or an HTTP date, at most [`MAX_RETRY_AFTER`].
+/// `Retry-After`: delta-seconds or an HTTP date, at most [`MAX_RETRY_AFTER`]. A date in
+/// the past, `0` or an unparsable value is None: the default cool-down (the next UTC
+/// midnight) applies, never an immediate retry.
 fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
     let v = v.trim();
     let d = match v.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => {
             let at = httpdate::parse_http_date(v).ok()?;
-            at.duration_since(now).unwrap_or(Duration::ZERO)
+            at.duration_since(now).ok()?
         }
     };
-    Some(d.min(MAX_RETRY_AFTER))
+    Some(d.min(MAX_RETRY_AFTER)).filter(|d| !d.is_zero())
 }
 
 /// The human message of an error body: `message`, else `error` (when a string), else the
@@ -392,10 +398,12 @@ mod tests {
             parse_retry_after("120", now),
             Some(Duration::from_secs(120))
         );
+        // In the past, or zero: the default cool-down, not "retry now".
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
-            Some(Duration::ZERO)
+            None
         );
+        assert_eq!(parse_retry_after("0", now), None);
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:30:00 GMT", now),
             Some(Duration::from_secs(120))

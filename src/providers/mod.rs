@@ -54,6 +54,12 @@ pub trait Provider: Send + Sync + std::fmt::Debug + 'static {
     fn daily_quota(&self) -> Option<u32> {
         None
     }
+
+    /// A stable, non-reversible fingerprint of the API key (0 without one): a refused key
+    /// is remembered by it, so a new key is tried at once and the same key is not.
+    fn key_fingerprint(&self) -> u64 {
+        0
+    }
 }
 
 /// Whether a provider can be asked now.

@@ -38,6 +38,16 @@ impl Secret {
         &self.0
     }
 
+    /// A stable 64-bit fingerprint of the key (SipHash with fixed keys): the same in
+    /// every process, and no way back to the key.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new_with_keys(0x6970_6761_7465, 0x6b65_7966_7072);
+        self.0.hash(&mut h);
+        h.finish()
+    }
+
     /// `text` with this key replaced by `***`.
     pub fn redact(&self, text: &str) -> String {
         redact(text, &self.0)
