@@ -1,14 +1,13 @@
 //! Command-line entry points (docs/cli.md). Exit codes: 0 ok, 2 bad configuration or
 //! usage, 1 runtime failure.
 
+mod check;
 mod demo;
 mod run;
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use ipgate::Config;
@@ -110,7 +109,7 @@ pub fn main() -> ExitCode {
                 ip,
                 lookup,
                 json,
-            } => check(&config, &ip, lookup, json).await,
+            } => check::check(&config, &ip, lookup, json).await,
             Command::Validate { config } => validate(&config),
         }
     });
@@ -206,93 +205,5 @@ fn validate(path: &Path) -> Result<(), Failure> {
         .filter(|u| !u.is_empty());
     load_for_gateway(path, upstream.as_deref())?;
     println!("{}: valid", path.display());
-    Ok(())
-}
-
-async fn check(path: &Path, ip: &str, lookup: bool, json: bool) -> Result<(), Failure> {
-    let ip: IpAddr = ip
-        .trim()
-        .parse()
-        .map_err(|_| Failure::Config(anyhow::anyhow!("`{ip}` is not an IP address")))?;
-    let cfg = load(path)?;
-    let gate = match ipgate::Gate::from_config(cfg.clone()).await {
-        Ok(g) => g,
-        // A running gateway holds the store: read-only questions go on without it (and
-        // say so); a look-up would spend quota the gateway cannot count, so it is refused.
-        Err(ipgate::GateError::Cache(ipgate::CacheError::Store(ipgate::StoreError::Locked {
-            path: store,
-        }))) => {
-            if lookup {
-                return Err(Failure::Runtime(anyhow::anyhow!(
-                    "cache.path {store} is held by a running gateway: --lookup would spend quota it cannot count; ask the gateway instead: GET /v1/decision?ip={ip}&lookup=true on its admin API"
-                )));
-            }
-            eprintln!(
-                "note: cache.path {store} is held by a running gateway, so cached reputation is not shown; the gateway's admin API answers with it: GET /v1/decision?ip={ip}"
-            );
-            let mut cfg = cfg;
-            cfg.cache.path = None;
-            ipgate::Gate::from_config(cfg)
-                .await
-                .map_err(|e| Failure::Config(anyhow::Error::new(e)))?
-        }
-        Err(e) => return Err(Failure::Config(anyhow::Error::new(e))),
-    };
-    let e = gate.explain(ip, lookup).await;
-    if json {
-        let text = serde_json::to_string_pretty(&e).context("rendering JSON")?;
-        println!("{text}");
-        return Ok(());
-    }
-    println!("ip:        {}", e.ip);
-    println!(
-        "decision:  {}{}",
-        e.decision,
-        if e.decision != e.verdict {
-            " (dry_run: policy says block)"
-        } else {
-            ""
-        }
-    );
-    println!("rule:      {}", e.rule);
-    println!("reason:    {}", e.reason);
-    println!(
-        "lists:     {}",
-        if e.lists.is_empty() {
-            "-".to_string()
-        } else {
-            e.lists.join(", ")
-        }
-    );
-    if !e.trace.is_empty() {
-        println!("trace:");
-        for step in &e.trace {
-            println!("  {:<24} {}", step.rule, step.result);
-        }
-    }
-    if !e.reputation.is_empty() || !e.reputation_errors.is_empty() {
-        println!("reputation{}:", if e.cached { " (cached)" } else { "" });
-        for (provider, rep) in &e.reputation {
-            let get = |k: &str| {
-                rep.get(k)
-                    .filter(|v| !v.is_null())
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| "-".into())
-            };
-            println!(
-                "  {provider:<9} status={} score={} tor={} vpn={} scanner={} country={} asn={}",
-                get("status"),
-                get("score"),
-                get("tor"),
-                get("vpn"),
-                get("scanner"),
-                get("country"),
-                get("asn")
-            );
-        }
-        for (provider, err) in &e.reputation_errors {
-            println!("  {provider:<9} no answer: {err}");
-        }
-    }
     Ok(())
 }

@@ -117,6 +117,9 @@ pub enum Fault {
     Delay(Duration),
     /// Answer this status with the provider's error body; `Retry-After: N` when `Some(N)`.
     Status(u16, Option<u64>),
+    /// Answer this status with the provider's error body and this `Retry-After` text
+    /// (an HTTP date, say).
+    StatusRetryAfter(u16, &'static str),
     /// A spent quota as the provider signals it: IPSwamp 403 "Usage limit exceeded",
     /// IOCScout 429 (no `Retry-After`).
     UsageLimit,
@@ -425,6 +428,16 @@ async fn apply_fault(
                 Api::Ipswamp => ipswamp_message(status),
             };
             Some(json_response(status, error(status, message), retry_after))
+        }
+        Fault::StatusRetryAfter(status, text) => {
+            let message = match api {
+                Api::Iocscout => iocscout_message(status),
+                Api::Ipswamp => ipswamp_message(status),
+            };
+            let mut resp = json_response(status, error(status, message), None);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(text));
+            Some(resp)
         }
         Fault::UsageLimit => Some(match api {
             Api::Iocscout => json_response(429, error(429, iocscout_message(429)), None),

@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod emulator;
+pub mod redis;
 pub mod upstream;
 
 use std::net::SocketAddr;
