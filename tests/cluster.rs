@@ -396,3 +396,31 @@ async fn without_redis_a_ban_survives_a_restart() {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(v["rule"], "ban", "{v}");
 }
+
+/// A Redis that stops answering (DEBUG SLEEP) never holds a decision beyond
+/// `lookup.timeout`: its calls are cut at `cache.redis_timeout` and it is marked down.
+#[tokio::test]
+async fn a_stalled_redis_does_not_stall_decisions() {
+    if !common::redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let emu = Emulator::start(KEYS).await;
+    let up = upstream::start().await;
+    let c = Cluster::start(1, &policy(&up.url(), &emu, Some(&redis.url()), 100, "")).await;
+    assert_eq!(visit(c.addr(0), "198.51.100.1").await, 200);
+    // Redis sleeps for 4 s; a new IP is decided meanwhile.
+    let port = redis.port.to_string();
+    let sleeper = std::thread::spawn(move || {
+        std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port, "DEBUG", "SLEEP", "4"])
+            .output()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    assert_eq!(visit(c.addr(0), "198.51.100.2").await, 200);
+    let took = started.elapsed();
+    // lookup.timeout is 2s in this policy; Redis would have held it 4 s.
+    assert!(took < Duration::from_millis(3500), "a stalled Redis held the decision {took:?}");
+    let _ = sleeper.join();
+}

@@ -105,6 +105,9 @@ fn spawn(port: u16, dir: &std::path::Path) -> Option<Child> {
             "no",
             "--protected-mode",
             "yes",
+            // DEBUG SLEEP stands in for a stalled Redis.
+            "--enable-debug-command",
+            "local",
             "--dir",
             dir.to_str().unwrap(),
         ])
