@@ -49,6 +49,10 @@ mod upstream;
 #[cfg(feature = "axum")]
 mod layer;
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(feature = "gateway")]
 pub mod admin;
 #[cfg(feature = "gateway")]
