@@ -31,7 +31,8 @@ pub fn forwarded_headers(data: &[u8]) {
         }
     }
     let peer = IpAddr::from([127, 0, 0, 1]);
-    let nets = |s: &[&str]| -> Vec<ipnet::IpNet> { s.iter().filter_map(|n| n.parse().ok()).collect() };
+    let nets =
+        |s: &[&str]| -> Vec<ipnet::IpNet> { s.iter().filter_map(|n| n.parse().ok()).collect() };
     for trusted in [
         nets(&["0.0.0.0/0", "::/0"]),
         nets(&["127.0.0.0/8", "10.0.0.0/8", "2001:db8::/32"]),

@@ -52,6 +52,9 @@ fn the_cluster_compose_file_refers_to_what_exists() {
     // The load balancer's upstreams are the gateways, on the port they listen on.
     let nginx = std::fs::read_to_string(dir.join("nginx.conf")).unwrap();
     for gw in ["gw1", "gw2", "gw3"] {
-        assert!(nginx.contains(&format!("server {gw}:8080;")), "{gw} not balanced");
+        assert!(
+            nginx.contains(&format!("server {gw}:8080;")),
+            "{gw} not balanced"
+        );
     }
 }
