@@ -138,13 +138,18 @@ impl Proxy {
             Err(_) => return text_response(StatusCode::BAD_REQUEST, "bad request target\n"),
         };
 
+        let trusted = live.resolver().is_trusted(peer);
+        let chain = live
+            .resolver()
+            .chain(peer, req.headers())
+            .unwrap_or_else(|_| vec![peer]);
         let h = req.headers_mut();
         headers::remove_hop_by_hop(h);
         headers::remove_gateway_headers(h);
-        let trusted = live.resolver().is_trusted(peer);
+        headers::remove_underscore_variants(h);
         headers::set_forwarding(
             h,
-            peer,
+            &chain,
             trusted,
             if self.tls { "https" } else { "http" },
             orig_host.as_ref(),
