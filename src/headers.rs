@@ -64,24 +64,74 @@ pub fn remove_gateway_headers(headers: &mut HeaderMap) {
 /// Forwarding and client-address headers a client may send that only trusted proxies
 /// may vouch for: from anyone else they are removed, so an application behind the
 /// gateway that reads one of them cannot be fooled. They are never hop-by-hop.
-pub(crate) const FORWARDING: [&str; 8] = [
+pub(crate) const FORWARDING: [&str; 13] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded",
     "forwarded",
     "x-real-ip",
     "cf-connecting-ip",
     "true-client-ip",
     "x-client-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-originating-ip",
 ];
 
-/// Sets X-Forwarded-For/-Proto/-Host. From a trusted peer the incoming values are kept
-/// and the peer appended to X-Forwarded-For; from an untrusted one they are replaced.
+/// Headers naming one client address: from a trusted peer, each one present is set to
+/// the client the decision used.
+const SINGLE_ADDRESS: [&str; 7] = [
+    "x-real-ip",
+    "cf-connecting-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-originating-ip",
+];
+
+/// Whether `name` is a header the gateway removes or sets.
+fn is_managed(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+        || FORWARDING.contains(&name)
+        || name.starts_with("x-ipgate-")
+        || matches!(name, "host" | "content-length")
+}
+
+/// Removes every header with an underscore whose name, with `_` read as `-`, is one the
+/// gateway removes or sets (`X_Forwarded_For`, `X_Real_IP`, `X_Ipgate_Decision`,
+/// `Transfer_Encoding`, `Content_Length`, ...): CGI and WSGI map `_` and `-` to the same
+/// variable, so such a header would pass for the real one at the application.
+pub fn remove_underscore_variants(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_') && is_managed(&n.as_str().replace('_', "-")))
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
+
+/// Sets the forwarding headers from `chain`, the addresses the decision rests on
+/// (client first, the peer last; see `ClientIpResolver::chain`), so they describe the
+/// client the decision used:
+///
+/// - `X-Forwarded-For` is the chain.
+/// - From a trusted peer, a `Forwarded` header is rebuilt from the chain (`for=` only),
+///   and each single-address header present (`X-Real-IP`, `CF-Connecting-IP`, ...) is set
+///   to the client; `X-Forwarded` (no standard form) is removed; `X-Forwarded-Proto`,
+///   `-Host` and `-Port` are kept.
+/// - From an untrusted peer every [`FORWARDING`] header is removed first.
+///
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` are set unless a trusted peer sent them.
 /// Runs after [`remove_hop_by_hop`], which never removes them, so
 /// `Connection: X-Forwarded-For` can strip neither the incoming chain nor what is set here.
 pub fn set_forwarding(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    chain: &[IpAddr],
     peer_trusted: bool,
     proto: &'static str,
     host: Option<&HeaderValue>,
@@ -91,25 +141,49 @@ pub fn set_forwarding(
             headers.remove(n);
         }
     }
-    let peer = peer.to_canonical().to_string();
-    let mut xff = String::new();
-    for v in headers.get_all("x-forwarded-for").iter() {
-        if let Ok(s) = v.to_str() {
-            let s = s.trim();
-            if !s.is_empty() {
-                if !xff.is_empty() {
-                    xff.push_str(", ");
-                }
-                xff.push_str(s);
+    headers.remove("x-forwarded");
+    let chain: Vec<IpAddr> = chain.iter().map(|ip| ip.to_canonical()).collect();
+    let xff = chain
+        .iter()
+        .map(|ip| ip.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    } else {
+        headers.remove("x-forwarded-for");
+    }
+    if headers.contains_key("forwarded") {
+        let fwd = chain
+            .iter()
+            .map(|ip| match ip {
+                IpAddr::V4(v4) => format!("for={v4}"),
+                IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        match HeaderValue::from_str(&fwd) {
+            Ok(v) => {
+                headers.insert("forwarded", v);
+            }
+            Err(_) => {
+                headers.remove("forwarded");
             }
         }
     }
-    if !xff.is_empty() {
-        xff.push_str(", ");
-    }
-    xff.push_str(&peer);
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Some(client) = chain.first() {
+        for n in SINGLE_ADDRESS {
+            if headers.contains_key(n) {
+                match HeaderValue::from_str(&client.to_string()) {
+                    Ok(v) => {
+                        headers.insert(n, v);
+                    }
+                    Err(_) => {
+                        headers.remove(n);
+                    }
+                }
+            }
+        }
     }
     if !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
@@ -187,7 +261,7 @@ mod tests {
         remove_hop_by_hop(&mut h);
         set_forwarding(
             &mut h,
-            "203.0.113.9".parse().unwrap(),
+            &["203.0.113.9".parse().unwrap()],
             false,
             "http",
             Some(&HeaderValue::from_static("app.example")),
@@ -210,7 +284,7 @@ mod tests {
         ]);
         set_forwarding(
             &mut h,
-            "::ffff:198.51.100.1".parse().unwrap(),
+            &["::ffff:198.51.100.1".parse().unwrap()],
             false,
             "http",
             None,
@@ -235,9 +309,60 @@ mod tests {
             ("x-forwarded-for", "192.0.2.2"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarding(&mut h, "10.0.0.1".parse().unwrap(), true, "http", None);
-        assert_eq!(h["x-forwarded-for"], "192.0.2.1, 192.0.2.2, 10.0.0.1");
+        // The chain the decision used: 192.0.2.2 is the client, 192.0.2.1 (left of it)
+        // is not vouched for by anyone trusted.
+        let chain = ["192.0.2.2".parse().unwrap(), "10.0.0.1".parse().unwrap()];
+        set_forwarding(&mut h, &chain, true, "http", None);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.2, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn trusted_forwarding_headers_are_rebuilt_from_the_chain() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("forwarded", "for=198.51.100.1;proto=https"),
+            ("x-real-ip", "203.0.113.7"),
+            ("true-client-ip", "203.0.113.7"),
+            ("x-forwarded", "for=203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let chain = [
+            "198.51.100.1".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+        ];
+        set_forwarding(&mut h, &chain, true, "http", None);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 2001:db8::1, 10.0.0.1");
+        assert_eq!(
+            h["forwarded"],
+            "for=198.51.100.1, for=\"[2001:db8::1]\", for=10.0.0.1"
+        );
+        assert_eq!(h["x-real-ip"], "198.51.100.1");
+        assert_eq!(h["true-client-ip"], "198.51.100.1");
+        assert!(!h.contains_key("x-forwarded"));
+        assert!(!h.contains_key("cf-connecting-ip"), "not added when absent");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn underscore_variants_of_managed_headers_are_removed() {
+        let mut h = map(&[
+            ("x_forwarded_for", "1.2.3.4"),
+            ("X_Real_IP", "1.2.3.4"),
+            ("x_ipgate_client_ip", "1.2.3.4"),
+            ("X_Ipgate_Decision", "allow"),
+            ("transfer_encoding", "chunked"),
+            ("content_length", "5"),
+            ("x_forwarded_port", "443"),
+            ("host_", "x"),
+            ("x_custom_thing", "kept"),
+            ("x-forwarded-for", "5.6.7.8"),
+        ]);
+        remove_underscore_variants(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        left.sort();
+        assert_eq!(left, vec!["host_", "x-forwarded-for", "x_custom_thing"]);
     }
 
     #[test]

@@ -3,9 +3,11 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -14,10 +16,12 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
+use crate::bans::Bans;
 use crate::decision::Decision;
 use crate::headers;
 use crate::layer::ClientIp;
@@ -34,7 +38,97 @@ pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 #[derive(Clone)]
 pub(crate) struct ConnSlot(#[allow(dead_code)] pub(crate) Arc<tokio::sync::OwnedSemaphorePermit>);
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+type HttpsClient = Client<Limited<hyper_rustls::HttpsConnector<HttpConnector>>, UpstreamBody>;
+
+/// The request body sent upstream.
+type UpstreamBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// A connector that holds one of `upstream_max_connections` permits for as long as each
+/// connection it made is open (pooled, in use or upgraded): a request that needs a new
+/// connection when all are taken waits for one to close (within `upstream_timeout`).
+#[derive(Clone)]
+struct Limited<C> {
+    inner: C,
+    permits: Arc<Semaphore>,
+}
+
+impl<C> Service<http::Uri> for Limited<C>
+where
+    C: Service<http::Uri> + Clone + Send + 'static,
+    C::Future: Send,
+    C::Error: Into<BoxError>,
+{
+    type Response = Counted<C::Response>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let inner = self.inner.clone();
+        let permits = self.permits.clone();
+        Box::pin(async move {
+            let permit = permits.acquire_owned().await?;
+            let io = tower::ServiceExt::oneshot(inner, uri)
+                .await
+                .map_err(Into::into)?;
+            Ok(Counted {
+                io,
+                _permit: permit,
+            })
+        })
+    }
+}
+
+/// An upstream connection and the permit it holds.
+struct Counted<T> {
+    io: T,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl<T: Connection> Connection for Counted<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
 
 /// The forwarding service, behind the gate's layer. Cheap to clone; reads the upstream
 /// and its settings from the snapshot the request was decided on, so a reload changes
@@ -43,11 +137,17 @@ type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>
 pub(crate) struct Proxy {
     client: HttpsClient,
     tls: bool,
+    bans: Bans,
 }
+
+/// How often an open tunnel checks whether its client has been banned since.
+const BAN_CHECK: Duration = Duration::from_millis(200);
 
 impl Proxy {
     /// A proxy; `tls` tells whether clients reach us over TLS (X-Forwarded-Proto).
-    pub(crate) fn new(tls: bool) -> Proxy {
+    /// At most `max_upstream` upstream connections are open at once; idle pooled ones
+    /// are closed after `pool_idle`. Open tunnels end when `bans` covers their client.
+    pub(crate) fn new(tls: bool, max_upstream: usize, pool_idle: Duration, bans: Bans) -> Proxy {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -56,8 +156,18 @@ impl Proxy {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new()).build(https);
-        Proxy { client, tls }
+        let limited = Limited {
+            inner: https,
+            permits: Arc::new(Semaphore::new(
+                max_upstream.clamp(1, Semaphore::MAX_PERMITS),
+            )),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(pool_idle)
+            .pool_max_idle_per_host(max_upstream)
+            .build(limited);
+        Proxy { client, tls, bans }
     }
 }
 
@@ -124,6 +234,12 @@ impl Proxy {
             .map(|c| c.0)
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
 
+        // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host.
+        if req.version() == Version::HTTP_11
+            && req.headers().get_all(header::HOST).iter().count() != 1
+        {
+            return text_response(StatusCode::BAD_REQUEST, "missing or repeated Host\n");
+        }
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let conn_slot = req.extensions_mut().remove::<ConnSlot>();
@@ -138,13 +254,18 @@ impl Proxy {
             Err(_) => return text_response(StatusCode::BAD_REQUEST, "bad request target\n"),
         };
 
+        let trusted = live.resolver().is_trusted(peer);
+        let chain = live
+            .resolver()
+            .chain(peer, req.headers())
+            .unwrap_or_else(|_| vec![peer]);
         let h = req.headers_mut();
         headers::remove_hop_by_hop(h);
         headers::remove_gateway_headers(h);
-        let trusted = live.resolver().is_trusted(peer);
+        headers::remove_underscore_variants(h);
         headers::set_forwarding(
             h,
-            peer,
+            &chain,
             trusted,
             if self.tls { "https" } else { "http" },
             orig_host.as_ref(),
@@ -167,6 +288,18 @@ impl Proxy {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
 
+        // A body the client garbles (bad chunked framing) fails the upstream request:
+        // that is the client's error (400), not the upstream's (502).
+        let body_failed = Arc::new(AtomicBool::new(false));
+        let failed = body_failed.clone();
+        let req = req.map(|b| {
+            b.map_err(move |e| {
+                failed.store(true, Ordering::Relaxed);
+                e
+            })
+            .boxed_unsync()
+        });
+        let client_ip = decision.client_ip;
         let started = Instant::now();
         let sent =
             tokio::time::timeout(cfg.limits.upstream_timeout.0, self.client.request(req)).await;
@@ -176,6 +309,10 @@ impl Proxy {
             Err(_) => {
                 tracing::warn!(upstream = %upstream.authority(), "upstream timed out");
                 return text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
+            }
+            Ok(Err(e)) if body_failed.load(Ordering::Relaxed) => {
+                tracing::debug!(error = %e, "the client's request body was malformed");
+                return text_response(StatusCode::BAD_REQUEST, "malformed request body\n");
             }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %upstream.authority(), error = %e, "upstream request failed");
@@ -195,6 +332,7 @@ impl Proxy {
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let idle = cfg.limits.idle_timeout.0;
+            let bans = self.bans.clone();
             tokio::spawn(async move {
                 // The tunnel holds its connection's slot until it ends.
                 let _slot = conn_slot;
@@ -202,8 +340,12 @@ impl Proxy {
                     Ok((c, u)) => {
                         let mut c = TokioIo::new(c);
                         let mut u = TokioIo::new(u);
-                        match tunnel(&mut c, &mut u, idle).await {
+                        let banned = || bans.find(client_ip).is_some();
+                        match tunnel(&mut c, &mut u, idle, banned).await {
                             Ok(Tunnel::Closed) => {}
+                            Ok(Tunnel::Banned) => {
+                                tracing::info!(client = %client_ip, "tunnel closed: client banned")
+                            }
                             Ok(Tunnel::Idle) => tracing::debug!(idle = ?idle, "idle tunnel closed"),
                             Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
                         }
@@ -245,11 +387,19 @@ enum Tunnel {
     Closed,
     /// No byte moved either way for the idle timeout.
     Idle,
+    /// A ban now covers the client.
+    Banned,
 }
 
-/// Copies bytes both ways until both sides have closed, or until nothing has moved in
-/// either direction for `idle` (as nginx's `proxy_read_timeout` does for WebSockets).
-async fn tunnel<A, B>(a: &mut A, b: &mut B, idle: std::time::Duration) -> std::io::Result<Tunnel>
+/// Copies bytes both ways until both sides have closed, until nothing has moved in
+/// either direction for `idle` (as nginx's `proxy_read_timeout` does for WebSockets), or
+/// until `banned` holds (checked every [`BAN_CHECK`]).
+async fn tunnel<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    banned: impl Fn() -> bool,
+) -> std::io::Result<Tunnel>
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -259,17 +409,22 @@ where
     let (mut br, mut bw) = tokio::io::split(b);
     let (mut buf_a, mut buf_b) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
     let (mut a_open, mut b_open) = (true, true);
+    let mut last = tokio::time::Instant::now();
+    let mut check = tokio::time::interval(BAN_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while a_open || b_open {
-        let step = tokio::time::timeout(idle, async {
-            tokio::select! {
-                n = ar.read(&mut buf_a), if a_open => (true, n),
-                n = br.read(&mut buf_b), if b_open => (false, n),
+        let (from_a, n) = tokio::select! {
+            n = ar.read(&mut buf_a), if a_open => (true, n),
+            n = br.read(&mut buf_b), if b_open => (false, n),
+            _ = tokio::time::sleep_until(last + idle) => return Ok(Tunnel::Idle),
+            _ = check.tick() => {
+                if banned() {
+                    return Ok(Tunnel::Banned);
+                }
+                continue;
             }
-        })
-        .await;
-        let Ok((from_a, n)) = step else {
-            return Ok(Tunnel::Idle);
         };
+        last = tokio::time::Instant::now();
         match (from_a, n?) {
             (true, 0) => {
                 a_open = false;
@@ -300,6 +455,7 @@ mod tests {
                 &mut gw_client,
                 &mut gw_upstream,
                 std::time::Duration::from_secs(5),
+                || false,
             )
             .await
         });
@@ -323,8 +479,29 @@ mod tests {
             &mut gw_client,
             &mut gw_upstream,
             std::time::Duration::from_millis(100),
+            || false,
         )
         .await;
         assert_eq!(r.unwrap(), Tunnel::Idle);
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_ends_when_its_client_is_banned() {
+        let (_client, mut gw_client) = tokio::io::duplex(64);
+        let (mut gw_upstream, _upstream) = tokio::io::duplex(64);
+        let banned = AtomicBool::new(false);
+        let r = tokio::join!(
+            tunnel(
+                &mut gw_client,
+                &mut gw_upstream,
+                std::time::Duration::from_secs(30),
+                || banned.load(Ordering::Relaxed),
+            ),
+            async {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                banned.store(true, Ordering::Relaxed);
+            }
+        );
+        assert_eq!(r.0.unwrap(), Tunnel::Banned);
     }
 }

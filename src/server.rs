@@ -45,8 +45,10 @@ pub enum ServerError {
     NoUpstream,
 }
 
-/// Binds every `listen` address of the gate's configuration.
+/// Binds every `listen` address of the gate's configuration. Raises the soft
+/// open-files limit to the hard one first (see [`serve`]).
 pub async fn bind(gate: &Gate) -> Result<Vec<TcpListener>, ServerError> {
+    raise_nofile_limit();
     let mut out = Vec::new();
     for addr in gate.config().listen.iter().copied() {
         let l = TcpListener::bind(addr)
@@ -75,6 +77,8 @@ struct Activity {
     started: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Requests started on this connection.
+    requests: AtomicU64,
 }
 
 impl Activity {
@@ -100,11 +104,13 @@ pub async fn serve(
     if gate.config().upstream.is_none() {
         return Err(ServerError::NoUpstream);
     }
-    let max = gate
-        .config()
-        .limits
-        .max_connections
-        .min(Semaphore::MAX_PERMITS);
+    let limits = &gate.config().limits;
+    let budget = fd_budget(
+        raise_nofile_limit(),
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+        limits.upstream_max_connections.min(Semaphore::MAX_PERMITS),
+    );
+    let max = budget.connections;
     let permits = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Whether the listeners speak TLS is fixed at start (a change needs a restart);
@@ -116,7 +122,12 @@ pub async fn serve(
             None => None,
         },
     };
-    let proxy = Proxy::new(tls.is_some());
+    let proxy = Proxy::new(
+        tls.is_some(),
+        budget.upstream,
+        gate.config().limits.idle_timeout.0,
+        gate.bans().clone(),
+    );
     let mut accept_tasks = Vec::new();
     for listener in listeners {
         let addr = listener.local_addr().ok();
@@ -148,6 +159,68 @@ pub async fn serve(
     Ok(())
 }
 
+/// Descriptors kept free for everything but client and upstream connections: the
+/// listeners, the admin API, the cache store, feed and provider fetches, logs.
+const RESERVED_FDS: u64 = 64;
+
+/// How many client and upstream connections fit in the descriptors this process may
+/// open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FdBudget {
+    connections: usize,
+    upstream: usize,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; the soft limit in force after
+/// (None when it cannot be read, as on platforms without rlimits).
+fn raise_nofile_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot raise the open-files limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
+}
+
+/// `max_connections` and `upstream_max_connections`, lowered when together they do not
+/// fit in the open-files limit less [`RESERVED_FDS`]: the gateway then stops accepting
+/// (clients wait in the backlog) before it runs out of descriptors, instead of failing
+/// accepts and upstream connects.
+fn fd_budget(nofile: Option<u64>, connections: usize, upstream: usize) -> FdBudget {
+    let want = FdBudget {
+        connections,
+        upstream,
+    };
+    let Some(nofile) = nofile else {
+        return want;
+    };
+    let avail = usize::try_from(nofile.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+    if connections.saturating_add(upstream) <= avail {
+        return want;
+    }
+    let upstream_fit = upstream.min(avail / 2).max(1);
+    let got = FdBudget {
+        connections: connections.min(avail.saturating_sub(upstream_fit)).max(1),
+        upstream: upstream_fit,
+    };
+    tracing::warn!(
+        open_files_limit = nofile,
+        max_connections = got.connections,
+        upstream_max_connections = got.upstream,
+        "the open-files limit is too low for limits.max_connections + limits.upstream_max_connections: both lowered"
+    );
+    got
+}
+
+/// Whether an accept error means the process or system is out of descriptors or memory.
+fn out_of_resources(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
 async fn accept_loop(
     listener: TcpListener,
     gate: Gate,
@@ -156,6 +229,9 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     tls: Option<TlsAcceptor>,
 ) {
+    const BACKOFF_START: Duration = Duration::from_millis(50);
+    const BACKOFF_MAX: Duration = Duration::from_secs(1);
+    let mut backoff = BACKOFF_START;
     loop {
         // Wait for a free slot before accepting: extra connections wait in the backlog.
         let permit = tokio::select! {
@@ -164,7 +240,19 @@ async fn accept_loop(
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => {
+                    backoff = BACKOFF_START;
+                    x
+                }
+                Err(e) if out_of_resources(&e) => {
+                    // Retrying at once would spin: back off, doubling up to a second.
+                    if backoff == BACKOFF_START {
+                        tracing::warn!(error = %e, "accept failed: out of resources; backing off");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -184,6 +272,17 @@ async fn accept_loop(
     }
 }
 
+/// What a connection may speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocols {
+    /// HTTP/1.1 or HTTP/2 with prior knowledge, told apart by the first bytes.
+    Either,
+    /// ALPN chose `h2`.
+    Http2,
+    /// ALPN chose `http/1.1`.
+    Http1,
+}
+
 async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -195,6 +294,9 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let cfg = gate.config();
+    // The first request must have arrived by then: PROXY header, TLS handshake,
+    // protocol detection and the first request head all count.
+    let first_request_by = tokio::time::Instant::now() + cfg.limits.header_read_timeout.0;
     let mut peer_ip: IpAddr = peer.ip().to_canonical();
     if cfg.client_ip.proxy_protocol && gate.snapshot().resolver().is_trusted(peer_ip) {
         match crate::proxy_protocol::read_header(&mut stream, cfg.limits.header_read_timeout.0)
@@ -208,18 +310,31 @@ async fn serve_connection(
             }
         }
     }
+    let conn = Conn {
+        peer,
+        peer_ip,
+        gate,
+        proxy,
+        stop,
+        slot,
+        first_request_by,
+    };
     match tls {
-        None => serve_io(stream, peer, peer_ip, gate, proxy, stop, slot).await,
+        None => conn.serve(stream, Protocols::Either).await,
         Some(started_with) => {
             // The pair in force now (reloaded with the configuration); the one the
             // server started with if a reload dropped `tls` (that needs a restart).
-            let acceptor = gate.snapshot().tls().cloned().unwrap_or(started_with);
+            let acceptor = conn.gate.snapshot().tls().cloned().unwrap_or(started_with);
             let handshake =
-                tokio::time::timeout(cfg.limits.header_read_timeout.0, acceptor.accept(stream))
-                    .await;
+                tokio::time::timeout_at(first_request_by, acceptor.accept(stream)).await;
             match handshake {
                 Ok(Ok(tls_stream)) => {
-                    serve_io(tls_stream, peer, peer_ip, gate, proxy, stop, slot).await
+                    let protocols = match tls_stream.get_ref().1.alpn_protocol() {
+                        Some(p) if p == b"h2" => Protocols::Http2,
+                        Some(p) if p == b"http/1.1" => Protocols::Http1,
+                        _ => Protocols::Either,
+                    };
+                    conn.serve(tls_stream, protocols).await
                 }
                 Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
@@ -228,22 +343,195 @@ async fn serve_connection(
     }
 }
 
-async fn serve_io<I>(
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the first bytes of a connection are.
+#[derive(Debug, PartialEq, Eq)]
+enum Sniffed {
+    /// The HTTP/2 preface.
+    Http2,
+    /// Anything that is not the start of the preface.
+    Http1,
+    /// `PRI ` (the method HTTP/1 reserves for the preface) then something else.
+    BadPreface,
+    /// The connection closed first.
+    Closed,
+}
+
+/// Reads until the bytes are the HTTP/2 preface or differ from it; returns what was
+/// read, to be replayed.
+async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<(Sniffed, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 64];
+    loop {
+        let n = io.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok((Sniffed::Closed, buf));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let common = buf
+            .iter()
+            .zip(H2_PREFACE.iter())
+            .take_while(|(a, b)| a == b)
+            .count();
+        if common == H2_PREFACE.len() {
+            return Ok((Sniffed::Http2, buf));
+        }
+        if common < buf.len().min(H2_PREFACE.len()) {
+            let what = if common >= 4 {
+                Sniffed::BadPreface
+            } else {
+                Sniffed::Http1
+            };
+            return Ok((what, buf));
+        }
+    }
+}
+
+/// An empty SETTINGS frame (the server preface) and GOAWAY(PROTOCOL_ERROR, last stream 0).
+const GOAWAY_PROTOCOL_ERROR: [u8; 26] = [
+    0, 0, 0, 0x4, 0, 0, 0, 0, 0, // SETTINGS, empty
+    0, 0, 8, 0x7, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes, stream 0
+    0, 0, 0, 0, // last stream id
+    0, 0, 0, 1, // error code PROTOCOL_ERROR
+];
+
+/// A connection whose first bytes were read already: they are read again first.
+struct Replay<I> {
+    head: Vec<u8>,
+    pos: usize,
     io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Replay<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if self.pos < self.head.len() {
+            let n = (self.head.len() - self.pos).min(buf.remaining());
+            let from = self.pos;
+            buf.put_slice(&self.head[from..from + n]);
+            self.pos += n;
+            if self.pos == self.head.len() {
+                self.head = Vec::new();
+                self.pos = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Replay<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// One accepted connection, before its protocol is known.
+struct Conn {
     peer: SocketAddr,
     peer_ip: IpAddr,
     gate: Gate,
     proxy: Proxy,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     slot: ConnSlot,
-) where
+    first_request_by: tokio::time::Instant,
+}
+
+impl Conn {
+    /// Tells HTTP/1.1 from HTTP/2 (or checks the one ALPN chose), then serves.
+    async fn serve<I>(self, mut io: I, protocols: Protocols)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        use tokio::io::AsyncWriteExt;
+        let peer = self.peer;
+        let (sniffed, head) = match tokio::time::timeout_at(self.first_request_by, sniff(&mut io))
+            .await
+        {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %peer, error = %e, "connection failed before a request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %peer, "no request within header_read_timeout; connection closed");
+                return;
+            }
+        };
+        let go_away = match (sniffed, protocols) {
+            (Sniffed::Closed, _) => return,
+            (Sniffed::Http2, Protocols::Http1) => {
+                tracing::debug!(peer = %peer, "HTTP/2 preface after ALPN http/1.1; connection closed");
+                return;
+            }
+            (Sniffed::BadPreface, _) | (Sniffed::Http1, Protocols::Http2) => true,
+            (Sniffed::Http2, _) | (Sniffed::Http1, _) => false,
+        };
+        if go_away {
+            tracing::debug!(peer = %peer, "invalid HTTP/2 connection preface; GOAWAY");
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = io.write_all(&GOAWAY_PROTOCOL_ERROR).await;
+                let _ = io.shutdown().await;
+            })
+            .await;
+            return;
+        }
+        let io = Replay { head, pos: 0, io };
+        serve_io(io, self).await
+    }
+}
+
+async fn serve_io<I>(io: I, conn: Conn)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Conn {
+        peer,
+        peer_ip,
+        gate,
+        proxy,
+        mut stop,
+        slot,
+        first_request_by,
+    } = conn;
     let cfg = gate.config();
     let activity = Arc::new(Activity {
         started: Instant::now(),
         last_ms: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
+        requests: AtomicU64::new(0),
     });
     // Idle means no request started or finished: bytes alone (an HTTP/2 PING, say)
     // do not keep a connection open.
@@ -256,6 +544,7 @@ async fn serve_io<I>(
         let svc = guarded.clone();
         let act = act.clone();
         act.in_flight.fetch_add(1, Ordering::Relaxed);
+        act.requests.fetch_add(1, Ordering::Relaxed);
         act.touch();
         async move {
             let r = svc.oneshot(req).await;
@@ -271,12 +560,18 @@ async fn serve_io<I>(
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.limits.header_read_timeout.0)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.limits.max_concurrent_streams);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let idle = cfg.limits.idle_timeout.0;
     let tick = (idle / 4).max(Duration::from_millis(50));
-    let mut shutting_down = false;
+    // Once closing gracefully (GOAWAY, or the end of keep-alive), the connection gets
+    // this long before it is dropped: a client that never acknowledges the GOAWAY's
+    // PING, or never reads, cannot hold its slot.
+    let mut close_by: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -285,16 +580,75 @@ async fn serve_io<I>(
                 }
                 break;
             }
-            _ = tokio::time::sleep(tick), if !shutting_down => {
+            _ = tokio::time::sleep_until(first_request_by), if activity.requests.load(Ordering::Relaxed) == 0 => {
+                if activity.requests.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!(peer = %peer, "no request within header_read_timeout; connection closed");
+                    break;
+                }
+            }
+            _ = tokio::time::sleep(tick), if close_by.is_none() => {
                 if activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle {
                     tracing::debug!(peer = %peer, "idle connection closed");
                     conn.as_mut().graceful_shutdown();
-                    shutting_down = true;
+                    close_by = Some(tokio::time::Instant::now() + cfg.limits.header_read_timeout.0);
                 }
             }
-            _ = stop.changed(), if !shutting_down => {
+            _ = stop.changed(), if close_by.is_none() => {
                 conn.as_mut().graceful_shutdown();
-                shutting_down = true;
+                close_by = Some(tokio::time::Instant::now() + cfg.shutdown_grace.0);
+            }
+            _ = tokio::time::sleep_until(close_by.unwrap_or(first_request_by)), if close_by.is_some() => {
+                tracing::debug!(peer = %peer, "connection did not close gracefully in time; dropped");
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_budget_fits_both_pools_in_the_limit() {
+        assert_eq!(
+            fd_budget(None, 10_000, 1024),
+            FdBudget {
+                connections: 10_000,
+                upstream: 1024
+            }
+        );
+        assert_eq!(
+            fd_budget(Some(1 << 20), 10_000, 1024),
+            FdBudget {
+                connections: 10_000,
+                upstream: 1024
+            }
+        );
+        let b = fd_budget(Some(4096), 10_000, 1024);
+        assert_eq!(b.upstream, 1024);
+        assert_eq!(b.connections, 4096 - 64 - 1024);
+        let b = fd_budget(Some(256), 10_000, 1024);
+        assert!(b.connections + b.upstream <= 256 - 64, "{b:?}");
+        assert!(b.connections >= 1 && b.upstream >= 1);
+    }
+
+    #[tokio::test]
+    async fn sniff_tells_the_preface_from_http1_and_from_a_bad_preface() {
+        for (bytes, want) in [
+            (&H2_PREFACE[..], Sniffed::Http2),
+            (&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], Sniffed::Http1),
+            (
+                &b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"[..],
+                Sniffed::BadPreface,
+            ),
+            (&b"PRI"[..], Sniffed::Closed),
+        ] {
+            let mut r: &[u8] = bytes;
+            let (got, head) = sniff(&mut r).await.unwrap_or((Sniffed::Closed, vec![]));
+            assert_eq!(got, want, "{bytes:?}");
+            if want != Sniffed::Closed {
+                assert_eq!(head, bytes);
             }
         }
     }

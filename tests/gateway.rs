@@ -779,3 +779,95 @@ async fn a_ban_reason_is_for_operators_not_for_the_banned_client() {
     assert_eq!(up.seen.count(), 0);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn underscore_variants_and_extra_client_address_headers_never_reach_the_upstream() {
+    let up = upstream::start().await;
+    let gw = TestGateway::start(&format!("{BASE}upstream_headers: true\n"), &up.url()).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let req = "POST /u HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\
+               X_Forwarded_For: 127.0.0.9\r\nX_Real_IP: 127.0.0.9\r\n\
+               X_Ipgate_Client_Ip: 127.0.0.9\r\nX_Ipgate_Decision: allow\r\n\
+               Transfer_Encoding: chunked\r\nContent_Length: 0\r\nX_Forwarded_Proto: https\r\n\
+               X-Forwarded-Port: 443\r\nX-Forwarded: for=127.0.0.9\r\n\
+               X-Cluster-Client-IP: 127.0.0.9\r\nFastly-Client-IP: 127.0.0.9\r\n\
+               X-Originating-IP: 127.0.0.9\r\nX_Custom: kept\r\n\r\nhello";
+    s.write_all(req.as_bytes()).await.unwrap();
+    let answer = read_raw(&mut s, Duration::from_secs(5)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.seen.last();
+    assert_eq!(seen.body, "hello");
+    assert_eq!(seen.headers["x_custom"], "kept");
+    for (name, value) in &seen.headers {
+        let n = name.as_str();
+        assert!(
+            !n.contains('_') || n == "x_custom",
+            "{n} reached the upstream"
+        );
+        assert!(
+            !value.as_bytes().windows(9).any(|w| w == b"127.0.0.9"),
+            "{n}: {value:?} reached the upstream"
+        );
+    }
+    for gone in [
+        "x-forwarded-port",
+        "x-forwarded",
+        "x-cluster-client-ip",
+        "fastly-client-ip",
+        "x-originating-ip",
+    ] {
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} reached the upstream"
+        );
+    }
+    assert_eq!(seen.headers["x-ipgate-client-ip"], "127.0.0.1");
+    assert_eq!(seen.headers["x-ipgate-decision"], "allow");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn forwarding_headers_describe_the_client_the_decision_used() {
+    let up = upstream::start().await;
+    for (header, sent) in [
+        ("forwarded", "Forwarded: for=198.51.100.1\r\n"),
+        ("x-real-ip", "X-Real-IP: 198.51.100.1\r\n"),
+    ] {
+        let gw = TestGateway::start(
+            &format!(
+                "{BASE}client_ip: {{ trusted_proxies: [127.0.0.1/32], header: {header} }}\n\
+                 lists: {{ block: [203.0.113.7] }}\nupstream_headers: true\n"
+            ),
+            &up.url(),
+        )
+        .await;
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let req = format!(
+            "GET /{header} HTTP/1.1\r\nHost: app.test\r\n{sent}X-Forwarded-For: 203.0.113.7\r\n\
+             True-Client-IP: 203.0.113.7\r\nX-Forwarded: for=203.0.113.7\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let answer = read_raw(&mut s, Duration::from_secs(5)).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{header}: {answer}");
+        let seen = up.seen.last();
+        assert_eq!(seen.uri, format!("/{header}"));
+        assert_eq!(seen.headers["x-ipgate-client-ip"], "198.51.100.1");
+        assert_eq!(
+            seen.headers["x-forwarded-for"], "198.51.100.1, 127.0.0.1",
+            "{header}"
+        );
+        for (name, value) in &seen.headers {
+            assert!(
+                !value.as_bytes().windows(11).any(|w| w == b"203.0.113.7"),
+                "with header: {header}, {name}: {value:?} (a blocked address) reached the upstream"
+            );
+        }
+        if header == "forwarded" {
+            assert_eq!(seen.headers["forwarded"], "for=198.51.100.1, for=127.0.0.1");
+        } else {
+            assert_eq!(seen.headers["x-real-ip"], "198.51.100.1");
+        }
+        assert_eq!(seen.headers["true-client-ip"], "198.51.100.1");
+        gw.shutdown().await;
+    }
+}

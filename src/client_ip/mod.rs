@@ -144,8 +144,8 @@ impl ClientIpResolver {
         }
         match self.header {
             HeaderSource::None => Ok(peer),
-            HeaderSource::XForwardedFor => self.walk_xff(peer, headers),
-            HeaderSource::Forwarded => self.walk_forwarded(peer, headers),
+            HeaderSource::XForwardedFor => self.walk_xff(peer, headers, None),
+            HeaderSource::Forwarded => self.walk_forwarded(peer, headers, None),
             HeaderSource::XRealIp => single(peer, headers, &X_REAL_IP, "x-real-ip"),
             HeaderSource::CfConnectingIp => {
                 single(peer, headers, &CF_CONNECTING_IP, "cf-connecting-ip")
@@ -153,8 +153,48 @@ impl ClientIpResolver {
         }
     }
 
+    /// The addresses the decision rests on, client first: the client, the trusted
+    /// proxies between it and the peer (as the forwarding header names them), the peer.
+    /// An untrusted peer's chain is the peer alone. Entries left of the client are not
+    /// part of it.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn chain(
+        &self,
+        peer: IpAddr,
+        headers: &HeaderMap,
+    ) -> Result<Vec<IpAddr>, ClientIpError> {
+        let peer = peer.to_canonical();
+        let mut hops = Vec::new();
+        if self.trusted.contains(peer) {
+            match self.header {
+                HeaderSource::None => {}
+                HeaderSource::XForwardedFor => {
+                    self.walk_xff(peer, headers, Some(&mut hops))?;
+                }
+                HeaderSource::Forwarded => {
+                    self.walk_forwarded(peer, headers, Some(&mut hops))?;
+                }
+                HeaderSource::XRealIp | HeaderSource::CfConnectingIp => {
+                    let client = self.resolve(peer, headers)?;
+                    if client != peer {
+                        hops.push(client);
+                    }
+                }
+            }
+        }
+        hops.reverse();
+        hops.push(peer);
+        Ok(hops)
+    }
+
     /// X-Forwarded-For: bare addresses (IPv6 optionally in brackets), comma-separated.
-    fn walk_xff(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, ClientIpError> {
+    /// `hops` gets every address walked, right to left.
+    fn walk_xff(
+        &self,
+        peer: IpAddr,
+        headers: &HeaderMap,
+        mut hops: Option<&mut Vec<IpAddr>>,
+    ) -> Result<IpAddr, ClientIpError> {
         const NAME: &str = "x-forwarded-for";
         let lines = headers.get_all(&X_FORWARDED_FOR);
         if lines.iter().all(is_blank) {
@@ -167,6 +207,9 @@ impl ClientIpResolver {
                 .map_err(|_| ClientIpError::InvalidBytes { header: NAME })?;
             for entry in line.rsplit(',') {
                 let ip = parse_bare_ip(NAME, trim_ows(entry))?;
+                if let Some(h) = hops.as_deref_mut() {
+                    h.push(ip);
+                }
                 if !self.trusted.contains(ip) {
                     return Ok(ip);
                 }
@@ -176,8 +219,14 @@ impl ClientIpResolver {
         Ok(leftmost)
     }
 
-    /// Forwarded (RFC 7239): the `for=` node of each element.
-    fn walk_forwarded(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, ClientIpError> {
+    /// Forwarded (RFC 7239): the `for=` node of each element. `hops` as for
+    /// [`Self::walk_xff`].
+    fn walk_forwarded(
+        &self,
+        peer: IpAddr,
+        headers: &HeaderMap,
+        mut hops: Option<&mut Vec<IpAddr>>,
+    ) -> Result<IpAddr, ClientIpError> {
         const NAME: &str = "forwarded";
         let lines = headers.get_all(&FORWARDED);
         if lines.iter().all(is_blank) {
@@ -197,6 +246,9 @@ impl ClientIpResolver {
                     return Err(ClientIpError::Empty { header: NAME });
                 }
                 let ip = forwarded_for(NAME, element)?.to_canonical();
+                if let Some(h) = hops.as_deref_mut() {
+                    h.push(ip);
+                }
                 if !self.trusted.contains(ip) {
                     return Ok(ip);
                 }

@@ -85,6 +85,10 @@ pub struct Limits {
     pub max_connections: usize,
     pub upstream_timeout: Dur,
     pub idle_timeout: Dur,
+    /// Concurrent HTTP/2 streams one client connection may have open.
+    pub max_concurrent_streams: u32,
+    /// Connections to the upstream at once, pooled ones included.
+    pub upstream_max_connections: usize,
 }
 
 impl Default for Limits {
@@ -94,6 +98,8 @@ impl Default for Limits {
             max_connections: 10_000,
             upstream_timeout: Dur(Duration::from_secs(60)),
             idle_timeout: Dur(Duration::from_secs(60)),
+            max_concurrent_streams: 100,
+            upstream_max_connections: 1024,
         }
     }
 }

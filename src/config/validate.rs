@@ -88,6 +88,18 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.limits.max_concurrent_streams == 0 {
+            issues.push(ConfigIssue::keyed(
+                "limits.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.upstream_max_connections == 0 {
+            issues.push(ConfigIssue::keyed(
+                "limits.upstream_max_connections",
+                "must be at least 1",
+            ));
+        }
         if self.listen.is_empty() {
             issues.push(ConfigIssue::keyed(
                 "listen",
