@@ -186,9 +186,12 @@ where
             if decision.verdict == crate::config::Action::Block {
                 tracing::info!(ip = %decision.client_ip, rule = %decision.by, "dry_run: would block");
             }
-            req.extensions_mut().insert(decision);
+            // One extension either way: the gateway's proxy takes the decision and the
+            // snapshot together; an application's handlers read the decision.
             if pin {
-                req.extensions_mut().insert(Pinned(snapshot));
+                req.extensions_mut().insert(Pinned(snapshot, decision));
+            } else {
+                req.extensions_mut().insert(decision);
             }
             inner.call(req).await.map(|r| r.map(Either::Left))
         })

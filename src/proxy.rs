@@ -138,6 +138,8 @@ pub(crate) struct Proxy {
     client: HttpsClient,
     tls: bool,
     bans: Bans,
+    /// Registered once: recording must not look the metric up per request.
+    upstream_seconds: metrics::Histogram,
 }
 
 /// How often an open tunnel checks whether its client has been banned since.
@@ -167,7 +169,12 @@ impl Proxy {
             .pool_idle_timeout(pool_idle)
             .pool_max_idle_per_host(max_upstream)
             .build(limited);
-        Proxy { client, tls, bans }
+        Proxy {
+            client,
+            tls,
+            bans,
+            upstream_seconds: metrics::histogram!(crate::metrics::UPSTREAM_SECONDS),
+        }
     }
 }
 
@@ -217,10 +224,7 @@ impl Service<Request<Incoming>> for Proxy {
 
 impl Proxy {
     async fn forward(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        let (Some(decision), Some(Pinned(live))) = (
-            req.extensions_mut().remove::<Decision>(),
-            req.extensions_mut().remove::<Pinned>(),
-        ) else {
+        let Some(Pinned(live, decision)) = req.extensions_mut().remove::<Pinned>() else {
             tracing::error!("a request reached the proxy without a decision");
             return text_response(StatusCode::INTERNAL_SERVER_ERROR, "no decision\n");
         };
@@ -303,7 +307,7 @@ impl Proxy {
         let started = Instant::now();
         let sent =
             tokio::time::timeout(cfg.limits.upstream_timeout.0, self.client.request(req)).await;
-        metrics::histogram!(crate::metrics::UPSTREAM_SECONDS)
+        self.upstream_seconds
             .record(started.elapsed().as_secs_f64());
         let mut resp = match sent {
             Err(_) => {

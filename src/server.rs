@@ -572,6 +572,12 @@ where
     // this long before it is dropped: a client that never acknowledges the GOAWAY's
     // PING, or never reads, cannot hold its slot.
     let mut close_by: Option<tokio::time::Instant> = None;
+    // The timers live as long as the connection: polling the connection (several times
+    // a request) must not register and cancel a timer each time.
+    let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let deadline = tokio::time::sleep_until(first_request_by);
+    tokio::pin!(deadline);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -580,26 +586,31 @@ where
                 }
                 break;
             }
-            _ = tokio::time::sleep_until(first_request_by), if activity.requests.load(Ordering::Relaxed) == 0 => {
+            // Before the first request: first_request_by; once closing: close_by.
+            _ = deadline.as_mut(), if close_by.is_some() || activity.requests.load(Ordering::Relaxed) == 0 => {
+                if close_by.is_some() {
+                    tracing::debug!(peer = %peer, "connection did not close gracefully in time; dropped");
+                    break;
+                }
                 if activity.requests.load(Ordering::Relaxed) == 0 {
                     tracing::debug!(peer = %peer, "no request within header_read_timeout; connection closed");
                     break;
                 }
             }
-            _ = tokio::time::sleep(tick), if close_by.is_none() => {
+            _ = watchdog.tick(), if close_by.is_none() => {
                 if activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle {
                     tracing::debug!(peer = %peer, "idle connection closed");
                     conn.as_mut().graceful_shutdown();
-                    close_by = Some(tokio::time::Instant::now() + cfg.limits.header_read_timeout.0);
+                    let by = tokio::time::Instant::now() + cfg.limits.header_read_timeout.0;
+                    close_by = Some(by);
+                    deadline.as_mut().reset(by);
                 }
             }
             _ = stop.changed(), if close_by.is_none() => {
                 conn.as_mut().graceful_shutdown();
-                close_by = Some(tokio::time::Instant::now() + cfg.shutdown_grace.0);
-            }
-            _ = tokio::time::sleep_until(close_by.unwrap_or(first_request_by)), if close_by.is_some() => {
-                tracing::debug!(peer = %peer, "connection did not close gracefully in time; dropped");
-                break;
+                let by = tokio::time::Instant::now() + cfg.shutdown_grace.0;
+                close_by = Some(by);
+                deadline.as_mut().reset(by);
             }
         }
     }

@@ -89,7 +89,7 @@ pub(crate) enum Step {
 /// The snapshot a request was decided on, carried in its extensions to the proxy.
 #[derive(Clone)]
 #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
-pub(crate) struct Pinned(pub(crate) Arc<Snapshot>);
+pub(crate) struct Pinned(pub(crate) Arc<Snapshot>, pub(crate) Decision);
 
 /// Everything a decision reads, swapped as a whole on reload.
 pub(crate) struct Snapshot {
