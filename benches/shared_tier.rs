@@ -95,7 +95,9 @@ fn bench(c: &mut Criterion) {
     // Gateway A fills Redis with 100 k answers; the memory they take is measured.
     let before = used_memory(redis.1);
     let a = rt
-        .block_on(Gate::from_config(Config::from_yaml(&yaml(1_000_000), "a").unwrap()))
+        .block_on(Gate::from_config(
+            Config::from_yaml(&yaml(1_000_000), "a").unwrap(),
+        ))
         .unwrap();
     rt.block_on(async {
         for i in 0..IPS {

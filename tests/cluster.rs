@@ -421,6 +421,9 @@ async fn a_stalled_redis_does_not_stall_decisions() {
     assert_eq!(visit(c.addr(0), "198.51.100.2").await, 200);
     let took = started.elapsed();
     // lookup.timeout is 2s in this policy; Redis would have held it 4 s.
-    assert!(took < Duration::from_millis(3500), "a stalled Redis held the decision {took:?}");
+    assert!(
+        took < Duration::from_millis(3500),
+        "a stalled Redis held the decision {took:?}"
+    );
     let _ = sleeper.join();
 }
