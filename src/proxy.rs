@@ -115,6 +115,7 @@ impl Proxy {
             return text_response(StatusCode::INTERNAL_SERVER_ERROR, "no decision\n");
         };
         let Some(upstream) = live.upstream() else {
+            crate::metrics::upstream_error("no_upstream");
             return text_response(StatusCode::BAD_GATEWAY, "no upstream configured\n");
         };
         let cfg = live.config();
@@ -174,10 +175,12 @@ impl Proxy {
             .record(started.elapsed().as_secs_f64());
         let mut resp = match sent {
             Err(_) => {
+                crate::metrics::upstream_error("timeout");
                 tracing::warn!(upstream = %upstream.authority(), "upstream timed out");
                 return text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
             }
             Ok(Err(e)) => {
+                crate::metrics::upstream_error(if e.is_connect() { "connect" } else { "request" });
                 tracing::warn!(upstream = %upstream.authority(), error = %e, "upstream request failed");
                 return text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
             }
@@ -190,6 +193,7 @@ impl Proxy {
                 _ => false,
             };
             let Some(client_upgrade) = client_upgrade.filter(|_| same) else {
+                crate::metrics::upstream_error("bad_upgrade");
                 tracing::warn!("upstream switched protocols without a matching upgrade request");
                 return text_response(StatusCode::BAD_GATEWAY, "bad upgrade from upstream\n");
             };
