@@ -38,6 +38,8 @@ pub fn router(gate: Gate, metrics: Option<MetricsRender>, reload: Option<Reload>
         reload,
     };
     let guarded = Router::new()
+        .route("/", get(status_page))
+        .route("/v1/status", get(status))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/decision", get(decision))
@@ -65,16 +67,187 @@ async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Respons
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .map(given_token)
+            .unwrap_or_default();
         if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            return error(
+            let mut resp = error(
                 StatusCode::UNAUTHORIZED,
                 "admin token required: Authorization: Bearer TOKEN",
             );
+            // A browser asks for a user name and password on the status page: any
+            // user name, the token as password (HTTP Basic, sent again by the page's
+            // own requests).
+            let challenge = if req.uri().path() == "/" {
+                "Basic realm=\"ipgate admin\", charset=\"UTF-8\""
+            } else {
+                "Bearer"
+            };
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(challenge),
+            );
+            return resp;
         }
     }
     next.run(req).await
+}
+
+/// The token an `Authorization` value carries: `Bearer TOKEN`, or `Basic` with the
+/// token as password (any user name), for browsers.
+fn given_token(value: &str) -> String {
+    if let Some(t) = value.strip_prefix("Bearer ") {
+        return t.to_string();
+    }
+    value
+        .strip_prefix("Basic ")
+        .and_then(|b| base64_decode(b.trim()))
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|pair| pair.split_once(':').map(|(_, pw)| pw.to_string()))
+        .unwrap_or_default()
+}
+
+/// Standard base64 (with or without padding); None when not base64.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        if chunk.len() == 1 {
+            return None;
+        }
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= val(*c)? << (18 - 6 * i);
+        }
+        let b = n.to_be_bytes();
+        out.extend_from_slice(&b[1..chunk.len()]);
+    }
+    Some(out)
+}
+
+/// The status page: one HTML file with its CSS and script, no external assets; it
+/// polls `/v1/status`.
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
+async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+            ),
+        ],
+        STATUS_PAGE,
+    )
+        .into_response()
+}
+
+fn unix_ms(t: std::time::SystemTime) -> Option<u64> {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
+}
+
+/// `GET /v1/status`: everything the status page shows (docs/admin-api.md).
+async fn status(State(st): State<AdminState>) -> Response {
+    use crate::providers::Availability;
+    let gate = &st.gate;
+    let cfg = gate.config();
+    let activity = gate.activity();
+    let window = activity.window();
+    let cache = gate.reputation_cache();
+    let providers: Vec<serde_json::Value> = cache
+        .as_ref()
+        .map(|c| c.provider_states())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let (state, until_ms, reason) = match &p.availability {
+                Availability::Ready => ("ready", None, None),
+                Availability::CoolingDown { until } => ("cooling_down", unix_ms(*until), None),
+                Availability::Disabled(why) => ("disabled", None, Some(why.clone())),
+            };
+            json!({
+                "provider": p.provider.as_str(),
+                "quota_limit": p.quota_limit,
+                "quota_remaining": p.quota_remaining,
+                "state": state,
+                "cooling_down_until_ms": until_ms,
+                "disabled_reason": reason,
+            })
+        })
+        .collect();
+    let cache_json = cache.as_ref().map(|c| {
+        let n = c.lookup_counts();
+        let asked = n.hit + n.miss + n.stale + n.coalesced;
+        json!({
+            "entries": c.len(),
+            "max_entries": cfg.cache.max_entries,
+            "lookups": n,
+            "hit_rate": (asked > 0).then(|| n.hit as f64 / asked as f64),
+        })
+    });
+    let now = std::time::SystemTime::now();
+    let feeds: Vec<serde_json::Value> = gate
+        .feeds()
+        .status()
+        .into_iter()
+        .map(|f| {
+            json!({
+                "name": f.name,
+                "source": f.source,
+                "tag": f.tag.map(|t| match t {
+                    crate::config::FeedTag::Tor => "tor",
+                    crate::config::FeedTag::Vpn => "vpn",
+                }),
+                "entries": f.entries,
+                "loaded": f.loaded,
+                "from_store": f.from_store,
+                "age_seconds": f.last_ok.and_then(|t| now.duration_since(t).ok()).map(|d| d.as_secs()),
+                "last_error": f.last_error,
+                "refreshes": { "ok": f.refreshes_ok, "not_modified": f.refreshes_not_modified, "error": f.refreshes_error },
+            })
+        })
+        .collect();
+    let by_rule: Vec<serde_json::Value> = window
+        .by_rule
+        .iter()
+        .map(|(rule, c)| json!({ "rule": rule, "allow": c.allow, "block": c.block, "dry_run_block": c.dry_run_block }))
+        .collect();
+    let redis = gate
+        .shared_tier_state()
+        .map(|s| s.trim_start_matches("redis: "));
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "now_ms": unix_ms(now),
+        "mode": match cfg.mode { crate::config::Mode::Enforce => "enforce", crate::config::Mode::DryRun => "dry_run" },
+        "problems": gate.readiness_problems(),
+        "redis": redis,
+        "window": {
+            "minutes": window.minutes,
+            "by_decision": window.by_decision,
+            "by_rule": by_rule,
+            "per_minute": window.per_minute,
+        },
+        "recent": activity.recent(),
+        "recent_blocked": activity.recent_blocked(),
+        "providers": providers,
+        "cache": cache_json,
+        "feeds": feeds,
+        "bans": gate.bans().list(),
+    }))
+    .into_response()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -116,6 +289,23 @@ async fn metrics_text(State(st): State<AdminState>) -> Response {
         )
             .into_response(),
         None => error(StatusCode::NOT_FOUND, "no metrics exporter installed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn basic_credentials_carry_the_token() {
+        // printf 'admin:s3cret' | base64
+        assert_eq!(given_token("Basic YWRtaW46czNjcmV0"), "s3cret");
+        // printf ':a:b' | base64 (no user name; the password may hold a colon)
+        assert_eq!(given_token("Basic OmE6Yg=="), "a:b");
+        assert_eq!(given_token("Bearer xyz"), "xyz");
+        assert_eq!(given_token("Basic !!!"), "");
+        assert_eq!(base64_decode("aGVsbG8").unwrap(), b"hello");
     }
 }
 

@@ -60,6 +60,8 @@ struct Inner {
     stored_bans: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Serializes reloads.
     reloading: tokio::sync::Mutex<()>,
+    /// The last decisions and the counts of the last minutes (the status page).
+    activity: crate::status::Activity,
 }
 
 /// Builds a [`Gate`]: `Gate::builder(config).clock(c).build().await`.
@@ -133,6 +135,7 @@ impl GateBuilder {
                 tier,
                 stored_bans: std::sync::Mutex::new(stored),
                 reloading: tokio::sync::Mutex::new(()),
+                activity: crate::status::Activity::new(),
             }),
         };
         if let Some(tier) = gate.inner.tier.clone() {
@@ -334,6 +337,12 @@ impl Gate {
                 "redis: down"
             }
         })
+    }
+
+    /// The last decisions and the counts of the last minutes, as the layer records
+    /// them (for a status page; kept across reloads).
+    pub fn activity(&self) -> &crate::status::Activity {
+        &self.inner.activity
     }
 
     /// Resolves the client IP of a request from its peer and headers, then decides.

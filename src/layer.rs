@@ -166,25 +166,26 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         // One snapshot for the whole request: the decision keeps it.
         let snapshot = self.gate.snapshot();
+        let gate = self.gate.clone();
         let block = self.block.clone();
         let pin = self.pin;
         Box::pin(async move {
-            let decision = match peer_of(&req) {
+            let peer = peer_of(&req);
+            let decision = match peer {
                 Some(peer) => snapshot.decide_request(peer, req.headers()).await,
                 None => {
                     tracing::warn!("{NO_PEER}");
                     snapshot.refuse_invalid(IpAddr::from([0, 0, 0, 0]), Arc::from(NO_PEER))
                 }
             };
+            log_decision(&req, peer, &decision);
+            gate.activity().record(&decision);
             if decision.is_blocked() {
                 let resp = match &block {
                     Some(f) => f(&decision, req.headers()),
                     None => block_response(&snapshot, &decision, req.headers().get(header::ACCEPT)),
                 };
                 return Ok(resp.map(Either::Right));
-            }
-            if decision.verdict == crate::config::Action::Block {
-                tracing::info!(ip = %decision.client_ip, rule = %decision.by, "dry_run: would block");
             }
             // One extension either way: the gateway's proxy takes the decision and the
             // snapshot together; an application's handlers read the decision.
@@ -195,6 +196,66 @@ where
             }
             inner.call(req).await.map(|r| r.map(Either::Left))
         })
+    }
+}
+
+/// `-` for a missing value, the value itself otherwise (log fields read `peer=-`, not
+/// `peer=None`).
+struct OrDash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+fn header_str<B>(req: &Request<B>, name: header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The request's host: the `Host` header, else the authority of its URI (HTTP/2).
+fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    header_str(req, header::HOST).or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+/// One line per decided request (README.md, "Observability"): INFO for a blocked
+/// request and for one `mode: dry_run` lets through but would block, DEBUG for an
+/// allowed one. The fields are evaluated only when the line is enabled. The path is
+/// logged without its query string (which may carry tokens).
+fn log_decision<B>(req: &Request<B>, peer: Option<IpAddr>, d: &Decision) {
+    if d.verdict == crate::config::Action::Block {
+        let mode = if d.is_blocked() { "enforce" } else { "dry_run" };
+        let message = if d.is_blocked() {
+            "request blocked"
+        } else {
+            "request would be blocked (dry run: let through)"
+        };
+        tracing::info!(
+            client = %d.client_ip,
+            peer = %OrDash(peer),
+            method = %req.method(),
+            host = %OrDash(host_of(req)),
+            path = %req.uri().path(),
+            user_agent = %OrDash(header_str(req, header::USER_AGENT)),
+            rule = %d.by,
+            reason = %d.reason,
+            mode = %mode,
+            "{message}"
+        );
+    } else {
+        tracing::debug!(
+            client = %d.client_ip,
+            peer = %OrDash(peer),
+            method = %req.method(),
+            host = %OrDash(host_of(req)),
+            path = %req.uri().path(),
+            user_agent = %OrDash(header_str(req, header::USER_AGENT)),
+            rule = %d.by,
+            "request allowed"
+        );
     }
 }
 

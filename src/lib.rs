@@ -44,6 +44,7 @@ pub mod providers;
 pub mod reputation;
 mod shared_tier;
 mod snapshot;
+pub mod status;
 mod upstream;
 
 #[cfg(feature = "axum")]
@@ -69,7 +70,7 @@ mod tls;
 pub use bans::{Ban, Bans};
 pub use block_page::{BlockBody, BlockPage, BlockPageError};
 pub use cache::store::StoreError;
-pub use cache::{CacheError, ReputationCache};
+pub use cache::{CacheError, LookupCounts, ProviderState, ReputationCache};
 pub use client_ip::ClientIpError;
 pub use config::{Action, Config, ConfigError};
 pub use decision::{DecidedBy, Decision};

@@ -229,6 +229,7 @@ impl Proxy {
             return text_response(StatusCode::INTERNAL_SERVER_ERROR, "no decision\n");
         };
         let Some(upstream) = live.upstream() else {
+            crate::metrics::upstream_error("no_upstream");
             return text_response(StatusCode::BAD_GATEWAY, "no upstream configured\n");
         };
         let cfg = live.config();
@@ -311,6 +312,7 @@ impl Proxy {
             .record(started.elapsed().as_secs_f64());
         let mut resp = match sent {
             Err(_) => {
+                crate::metrics::upstream_error("timeout");
                 tracing::warn!(upstream = %upstream.authority(), "upstream timed out");
                 return text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
             }
@@ -319,6 +321,7 @@ impl Proxy {
                 return text_response(StatusCode::BAD_REQUEST, "malformed request body\n");
             }
             Ok(Err(e)) => {
+                crate::metrics::upstream_error(if e.is_connect() { "connect" } else { "request" });
                 tracing::warn!(upstream = %upstream.authority(), error = %e, "upstream request failed");
                 return text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
             }
@@ -331,6 +334,7 @@ impl Proxy {
                 _ => false,
             };
             let Some(client_upgrade) = client_upgrade.filter(|_| same) else {
+                crate::metrics::upstream_error("bad_upgrade");
                 tracing::warn!("upstream switched protocols without a matching upgrade request");
                 return text_response(StatusCode::BAD_GATEWAY, "bad upgrade from upstream\n");
             };

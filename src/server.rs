@@ -130,8 +130,8 @@ pub async fn serve(
     );
     let mut accept_tasks = Vec::new();
     for listener in listeners {
-        let addr = listener.local_addr().ok();
-        tracing::info!(listen = ?addr, "gateway listening");
+        let addr = listener.local_addr().map_or("?".into(), |a| a.to_string());
+        tracing::info!(listen = %addr, "gateway listening");
         accept_tasks.push(tokio::spawn(accept_loop(
             listener,
             gate.clone(),
@@ -267,6 +267,7 @@ async fn accept_loop(
         let tls = tls.clone();
         let slot = ConnSlot(Arc::new(permit));
         tokio::spawn(async move {
+            let _open = crate::metrics::OpenConnection::new();
             serve_connection(stream, peer, gate, proxy, stop, tls, slot).await;
         });
     }

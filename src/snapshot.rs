@@ -39,19 +39,30 @@ struct Counters {
 }
 
 impl Counters {
-    fn new(kinds: &[DecidedBy], dry_run: bool) -> Counters {
+    /// One series per kind that can decide under this configuration, with the one
+    /// decision it gives: every kind has a single verdict (a rule its action, `default`
+    /// the default, `lookup-error` `lookup.on_error`, ...), and a blocking verdict is
+    /// `block` or `dry_run_block` by mode.
+    fn new(
+        kinds: &[DecidedBy],
+        dry_run: bool,
+        verdict: impl Fn(&DecidedBy) -> Action,
+        possible: impl Fn(&DecidedBy) -> bool,
+    ) -> Counters {
         let slots = kinds
             .iter()
             .map(|by| {
-                let c = |verdict: Action, label: &'static str| {
-                    by.can(verdict).then(|| {
+                let v = verdict(by);
+                // Registering a counter creates its series: decide first, then register.
+                let c = |column: Action, label: &'static str, in_mode: bool| {
+                    (in_mode && possible(by) && by.can(column) && v == column).then(|| {
                         metrics::counter!(crate::metrics::REQUESTS, "decision" => label, "rule" => by.name().to_string())
                     })
                 };
                 [
-                    c(Action::Allow, "allow"),
-                    c(Action::Block, "block").filter(|_| !dry_run),
-                    c(Action::Block, "dry_run_block").filter(|_| dry_run),
+                    c(Action::Allow, "allow", true),
+                    c(Action::Block, "block", !dry_run),
+                    c(Action::Block, "dry_run_block", dry_run),
                 ]
             })
             .collect();
@@ -158,8 +169,22 @@ impl Snapshot {
             .cloned()
             .chain(rules.iter().map(|(by, _)| by.clone()))
             .collect();
+        let has_rules = !policy.rules().is_empty();
+        let background = config.lookup.mode == crate::config::LookupMode::Background;
+        let counters = Counters::new(
+            &kinds,
+            dry_run,
+            |by| verdict_of(by, &policy, &config),
+            |by| match by {
+                // Only a rule can ask for reputation; only background mode decides
+                // while a look-up is pending.
+                DecidedBy::LookupError => has_rules,
+                DecidedBy::LookupPending => has_rules && background,
+                _ => true,
+            },
+        );
         Snapshot {
-            counters: Counters::new(&kinds, dry_run),
+            counters,
             fixed_reasons: DecidedBy::FIXED.clone().map(|k| Arc::from(k.name())),
             allow: config.lists.allow.iter().map(|c| c.0).collect(),
             block: config.lists.block.iter().map(|c| c.0).collect(),
@@ -217,11 +242,12 @@ impl Snapshot {
 
     /// Resolves the client IP of a request, then decides on this snapshot alone.
     pub(crate) async fn decide_request(&self, peer: IpAddr, headers: &http::HeaderMap) -> Decision {
-        let started = sample_timing().then(Instant::now);
+        let started = Some(Instant::now());
         let ip = match self.resolver.resolve(peer, headers) {
             Ok(ip) => ip.to_canonical(),
             Err(e) => {
-                tracing::info!(peer = %peer, error = %e, "request refused: invalid client IP");
+                // The layer logs the refusal with the request (rule invalid-client-ip).
+                tracing::debug!(peer = %peer, error = %e, "invalid client IP");
                 return self.refuse_invalid(peer.to_canonical(), Arc::from(e.to_string()));
             }
         };
@@ -230,7 +256,7 @@ impl Snapshot {
 
     /// Decides for a client IP.
     pub(crate) async fn decide(&self, ip: IpAddr) -> Decision {
-        let started = sample_timing().then(Instant::now);
+        let started = Some(Instant::now());
         self.decide_started(ip.to_canonical(), started).await
     }
 
@@ -370,18 +396,7 @@ impl Snapshot {
 
     /// The verdict each kind of decision gives.
     fn verdict(&self, by: &DecidedBy) -> Action {
-        match by {
-            DecidedBy::Ban | DecidedBy::BlockList | DecidedBy::InvalidClientIp => Action::Block,
-            DecidedBy::AllowList => Action::Allow,
-            DecidedBy::Rule { index, .. } => self
-                .policy
-                .rules()
-                .get(*index)
-                .map_or(self.config.default, |r| r.action),
-            DecidedBy::Default => self.config.default,
-            DecidedBy::LookupError => self.config.lookup.on_error,
-            DecidedBy::LookupPending => self.config.lookup.on_miss,
-        }
+        verdict_of(by, &self.policy, &self.config)
     }
 
     /// Counts, times and builds the decision.
@@ -399,9 +414,6 @@ impl Snapshot {
             self.counters
                 .seconds
                 .record(started.elapsed().as_secs_f64());
-        }
-        if d.verdict == Action::Block {
-            tracing::debug!(ip = %ip, rule = %d.by, dry_run = self.dry_run, "blocked");
         }
         d
     }
@@ -485,6 +497,21 @@ impl Snapshot {
     }
 }
 
+/// The verdict each kind of decision gives: one per kind.
+fn verdict_of(by: &DecidedBy, policy: &Policy, config: &Config) -> Action {
+    match by {
+        DecidedBy::Ban | DecidedBy::BlockList | DecidedBy::InvalidClientIp => Action::Block,
+        DecidedBy::AllowList => Action::Allow,
+        DecidedBy::Rule { index, .. } => policy
+            .rules()
+            .get(*index)
+            .map_or(config.default, |r| r.action),
+        DecidedBy::Default => config.default,
+        DecidedBy::LookupError => config.lookup.on_error,
+        DecidedBy::LookupPending => config.lookup.on_miss,
+    }
+}
+
 #[cfg(test)]
 impl Snapshot {
     /// A snapshot of the default configuration, with no provider and no feed.
@@ -503,23 +530,6 @@ impl Snapshot {
             bans: Bans::default(),
         }))
     }
-}
-
-/// One decision in this many is timed for `ipgate_decision_seconds`.
-pub const TIMING_SAMPLE: u32 = 16;
-
-thread_local! {
-    static DECISIONS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// True for one call in [`TIMING_SAMPLE`] on each thread.
-#[inline]
-fn sample_timing() -> bool {
-    DECISIONS.with(|n| {
-        let v = n.get().wrapping_add(1);
-        n.set(v);
-        v % TIMING_SAMPLE == 0
-    })
 }
 
 impl LocalFacts for Feeds {

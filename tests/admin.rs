@@ -36,7 +36,14 @@ async fn token_guards_everything_but_healthz() {
             .status(),
         200
     );
-    for path in ["readyz", "metrics", "v1/bans", "v1/decision?ip=192.0.2.1"] {
+    for path in [
+        "",
+        "v1/status",
+        "readyz",
+        "metrics",
+        "v1/bans",
+        "v1/decision?ip=192.0.2.1",
+    ] {
         let r = c.get(format!("http://{a}/{path}")).send().await.unwrap();
         assert_eq!(r.status(), 401, "{path} without a token");
         let r = c
@@ -64,6 +71,111 @@ async fn token_guards_everything_but_healthz() {
         .await
         .unwrap();
     assert!(m.contains("ipgate_test_metric 1"));
+    // A browser asks for credentials on the status page: the token as password.
+    let r = c.get(format!("http://{a}/")).send().await.unwrap();
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic realm=")
+    );
+    for path in ["", "v1/status"] {
+        let r = c
+            .get(format!("http://{a}/{path}"))
+            .basic_auth("anyone", Some("s3cret-token"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path} with the token as password");
+        let r = c
+            .get(format!("http://{a}/{path}"))
+            .basic_auth("anyone", Some("wrong"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path} with a wrong password");
+    }
+}
+
+#[tokio::test]
+async fn status_reports_decisions_bans_and_cache() {
+    let (a, gate) = admin(
+        "lists: { block: [203.0.113.0/24] }
+rules:
+  - { name: block-tor, when: { tor: true }, action: block }
+",
+        None,
+    )
+    .await;
+    // Decisions come from the layer: guard a tiny app with it.
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "ok" }))
+        .layer(gate.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    let c = client();
+    assert_eq!(
+        c.get(format!("http://{app_addr}/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    gate.ban(
+        "127.0.0.0/8".parse().unwrap(),
+        std::time::Duration::from_secs(60),
+        "note".into(),
+    )
+    .await;
+    assert_eq!(
+        c.get(format!("http://{app_addr}/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let v: Value = c
+        .get(format!("http://{a}/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["mode"], "enforce");
+    assert_eq!(
+        v["window"]["by_decision"],
+        json!({"allow": 1, "block": 1, "dry_run_block": 0})
+    );
+    assert_eq!(v["recent"][0]["rule"], "ban");
+    assert_eq!(v["recent"][0]["client"], "127.0.0.1");
+    assert_eq!(v["recent"][0]["reason"], "note");
+    assert_eq!(v["recent"][1]["rule"], "lookup-error");
+    assert_eq!(v["recent_blocked"].as_array().unwrap().len(), 1);
+    assert_eq!(v["bans"][0]["cidr"], "127.0.0.0/8");
+    assert_eq!(v["redis"], Value::Null);
+    assert_eq!(v["cache"], Value::Null, "no provider, no cache");
+    assert_eq!(v["providers"], json!([]));
+    let page = c.get(format!("http://{a}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("v1/status") && !html.contains("http://") && !html.contains("https://"));
 }
 
 #[tokio::test]

@@ -269,7 +269,13 @@ async fn demo_curl_lines_behave_as_printed() {
         return;
     }
     let mut child = tokio::process::Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0"])
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -278,12 +284,16 @@ async fn demo_curl_lines_behave_as_printed() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut curls = Vec::new();
     let mut listening = None;
+    let mut admin_lines = Vec::new();
     loop {
         let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
             .await
             .unwrap()
             .unwrap()
             .unwrap();
+        if line.starts_with("  ") {
+            admin_lines.push(line.trim().to_string());
+        }
         if let Some(addr) = line.strip_prefix("listening on ") {
             listening = Some(addr.parse::<std::net::SocketAddr>().unwrap());
         } else if line.starts_with("curl ") {
@@ -343,6 +353,52 @@ async fn demo_curl_lines_behave_as_printed() {
         }
     }
     assert!(allowed >= 1 && blocked >= 1);
+    // The admin API on loopback: the status page, the metrics, a ban that takes effect.
+    let admin_line = |what: &str| {
+        admin_lines
+            .iter()
+            .find_map(|l| l.strip_prefix(what))
+            .unwrap_or_else(|| panic!("no `{what}` line: {admin_lines:?}"))
+            .trim()
+            .to_string()
+    };
+    let page = admin_line("status page:");
+    let page = page.split_whitespace().next().unwrap();
+    let html = common::client().get(page).send().await.unwrap();
+    assert_eq!(html.status(), 200, "{page}");
+    assert!(
+        html.text()
+            .await
+            .unwrap()
+            .contains("<title>ipgate status</title>")
+    );
+    let sh = |cmd: String| async move {
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let metrics = sh(admin_line("metrics:")).await;
+    assert!(
+        metrics.contains(r#"ipgate_requests_total{decision="block",rule="block-list"} 2"#),
+        "{metrics}"
+    );
+    let ban = admin_line("ban:");
+    let ban = ban.split("   #").next().unwrap().to_string();
+    assert!(sh(ban).await.contains("198.51.100.20/32"));
+    let first = curls[0].split_once("# expect ").unwrap().0.to_string();
+    assert!(
+        sh(first.clone()).await.trim_end().ends_with("HTTP 403"),
+        "the ban is not in force"
+    );
+    sh(admin_line("unban:")).await;
+    assert!(
+        sh(first).await.trim_end().ends_with("HTTP 200"),
+        "the ban was not lifted"
+    );
     kill("-INT", child.id().unwrap());
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
@@ -723,4 +779,216 @@ async fn run_never_logs_the_content_of_a_local_file() {
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("rep.yaml") && err.contains("line 2"), "{err}");
     assert!(!err.contains("secretHASH"), "{err}");
+}
+
+/// Runs a gateway whose logs go to a pipe, sends one blocked and one allowed request,
+/// stops it and returns what it logged.
+async fn log_of_one_blocked_request(format: &str) -> String {
+    let up = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "listen: 127.0.0.1:0\nupstream: {}\nclient_ip: {{ trusted_proxies: [127.0.0.1/32], header: x-forwarded-for }}\nlists: {{ block: [203.0.113.0/24] }}\n",
+            up.url()
+        ),
+    )
+    .unwrap();
+    let format = format.to_string();
+    let mut run = common::spawn_run_with(&f, move |cmd| {
+        cmd.args(["--log-format", &format])
+            .env_remove("IPGATE_LOG")
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped());
+    })
+    .await;
+    let c = common::client();
+    for (ip, want) in [("203.0.113.7", 403), ("198.51.100.20", 200)] {
+        let r = c
+            .get(run.url("/login?token=abc"))
+            .header("x-forwarded-for", ip)
+            .header("user-agent", "curl/8.5.0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), want);
+    }
+    let mut stderr = run.child.stderr.take().unwrap();
+    kill("-TERM", run.pid());
+    let mut log = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut log)
+        .await
+        .unwrap();
+    run.child.wait().await.unwrap();
+    log
+}
+
+/// One INFO line per blocked request with what an operator needs; allowed requests
+/// only at DEBUG; no colours into a pipe; readable addresses.
+#[tokio::test]
+async fn a_blocked_request_is_logged_once_with_its_context() {
+    let log = log_of_one_blocked_request("text").await;
+    let blocked: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("request blocked"))
+        .collect();
+    assert_eq!(blocked.len(), 1, "{log}");
+    let line = blocked[0];
+    for field in [
+        " INFO ",
+        "client=203.0.113.7",
+        "peer=127.0.0.1",
+        "method=GET",
+        "host=127.0.0.1:",
+        "path=/login",
+        "user_agent=curl/8.5.0",
+        "rule=block-list",
+        "reason=block-list",
+        "mode=enforce",
+    ] {
+        assert!(line.contains(field), "no {field:?} in {line}");
+    }
+    assert!(
+        !line.contains("token=abc"),
+        "the query string is logged: {line}"
+    );
+    assert!(
+        !log.contains("request allowed"),
+        "allowed requests at INFO: {log}"
+    );
+    assert!(!log.contains('\u{1b}'), "colours in a pipe: {log:?}");
+    assert!(!log.contains("Some("), "{log}");
+    assert!(log.contains("gateway listening listen=127.0.0.1:"), "{log}");
+}
+
+#[tokio::test]
+async fn json_log_lines_have_flat_fields() {
+    let log = log_of_one_blocked_request("json").await;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let blocked: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| v["message"] == "request blocked")
+        .collect();
+    assert_eq!(blocked.len(), 1, "{log}");
+    let v = blocked[0];
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["client"], "203.0.113.7");
+    assert_eq!(v["peer"], "127.0.0.1");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/login");
+    assert_eq!(v["user_agent"], "curl/8.5.0");
+    assert_eq!(v["rule"], "block-list");
+    assert_eq!(v["mode"], "enforce");
+    assert!(v.get("fields").is_none(), "{v}");
+    assert!(v["timestamp"].is_string() && v["target"].is_string(), "{v}");
+}
+
+/// `/metrics` of a running gateway: histograms with buckets (never summaries), one
+/// series per possible (rule, decision), the gateway's own gauges and counters, process
+/// metrics, and `promtool check metrics` finds nothing to say (when installed).
+#[tokio::test]
+async fn metrics_are_histograms_without_impossible_series() {
+    let up = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "listen: 127.0.0.1:0\nupstream: {}\nclient_ip: {{ trusted_proxies: [127.0.0.1/32], header: x-forwarded-for }}\nlists: {{ allow: [192.0.2.0/24], block: [203.0.113.0/24] }}\nrules:\n  - {{ name: block-tor, when: {{ tor: true }}, action: block }}\nadmin: {{ listen: 127.0.0.1:0 }}\n",
+            up.url()
+        ),
+    )
+    .unwrap();
+    let run = spawn_run(&f).await;
+    let c = common::client();
+    for ip in ["203.0.113.7", "192.0.2.1", "198.51.100.20"] {
+        c.get(run.url("/"))
+            .header("x-forwarded-for", ip)
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = c
+        .get(run.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "# TYPE ipgate_decision_seconds histogram",
+        "ipgate_decision_seconds_bucket{le=\"0.00001\"}",
+        "# TYPE ipgate_upstream_seconds histogram",
+        "ipgate_upstream_seconds_bucket{le=\"0.005\"}",
+        "ipgate_decision_seconds_count 3",
+        "ipgate_upstream_seconds_count 2",
+        &format!(
+            "ipgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "ipgate_connections_open ",
+        "ipgate_upstream_errors_total{kind=\"timeout\"} 0",
+        "ipgate_upstream_errors_total{kind=\"connect\"} 0",
+        "ipgate_requests_total{decision=\"block\",rule=\"block-list\"} 1",
+        "ipgate_requests_total{decision=\"allow\",rule=\"allow-list\"} 1",
+        "ipgate_requests_total{decision=\"allow\",rule=\"lookup-error\"} 1",
+        "ipgate_requests_total{decision=\"block\",rule=\"block-tor\"} 0",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+    ] {
+        assert!(text.contains(want), "no {want:?} in\n{text}");
+    }
+    assert!(!text.contains("quantile="), "a summary:\n{text}");
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ipgate_requests_total{"))
+        .collect();
+    // ban, block-list, invalid-client-ip, allow-list, default, lookup-error, block-tor:
+    // one each (no lookup-pending: lookup.mode is inline).
+    assert_eq!(series.len(), 7, "{series:#?}");
+    for impossible in [
+        "decision=\"allow\",rule=\"block-list\"",
+        "decision=\"block\",rule=\"allow-list\"",
+        "decision=\"dry_run_block\"",
+        "decision=\"block\",rule=\"default\"",
+        "decision=\"allow\",rule=\"block-tor\"",
+        "rule=\"lookup-pending\"",
+    ] {
+        assert!(!text.contains(impossible), "{impossible} in\n{text}");
+    }
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Err(_) => eprintln!(
+            "!!! promtool is not installed (.ci/run installs it: apt-get install prometheus): /metrics not checked by it"
+        ),
+        Ok(mut child) => {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && said.trim().is_empty(),
+                "promtool: {said}"
+            );
+        }
+    }
 }

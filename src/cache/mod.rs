@@ -157,14 +157,24 @@ impl ProviderSlot {
             q
         });
         let name = id.as_str();
+        // No series for what cannot happen: the local `file` provider answers from
+        // memory (always `ok`), and a provider without a quota has nothing left to show.
         let requests = OUTCOMES.map(|o| {
-            metrics::counter!(crate::metrics::PROVIDER_REQUESTS, "provider" => name, "outcome" => o)
+            if id == ProviderId::File && o != "ok" {
+                metrics::Counter::noop()
+            } else {
+                metrics::counter!(crate::metrics::PROVIDER_REQUESTS, "provider" => name, "outcome" => o)
+            }
         });
-        let quota_gauge =
-            metrics::gauge!(crate::metrics::PROVIDER_QUOTA_REMAINING, "provider" => name);
-        if let Some(q) = &quota {
-            quota_gauge.set(f64::from(q.remaining(today)));
-        }
+        let quota_gauge = match &quota {
+            Some(q) => {
+                let g =
+                    metrics::gauge!(crate::metrics::PROVIDER_QUOTA_REMAINING, "provider" => name);
+                g.set(f64::from(q.remaining(today)));
+                g
+            }
+            None => metrics::Gauge::noop(),
+        };
         ProviderSlot {
             fingerprint: provider.key_fingerprint(),
             provider,
@@ -201,6 +211,9 @@ struct Kept {
     cooldowns: Mutex<HashMap<ProviderId, limits::Cooldown>>,
     /// The ban records found in `cache.path` when it was opened (taken once).
     bans_at_open: Mutex<Vec<(String, Vec<u8>)>>,
+    /// Look-ups by result (hit, miss, stale, coalesced) since this state was made, for
+    /// the status page's hit rate.
+    lookups: [std::sync::atomic::AtomicU64; 4],
 }
 
 /// Removes a key from the in-flight map when dropped: on completion, on error, when
@@ -234,6 +247,32 @@ struct Inner {
     background: bool,
     results: [metrics::Counter; 4],
     entries_gauge: metrics::Gauge,
+}
+
+/// Cache look-ups by result ([`ReputationCache::lookup_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LookupCounts {
+    /// A fresh entry answered.
+    pub hit: u64,
+    /// Nothing cached.
+    pub miss: u64,
+    /// An entry had expired.
+    pub stale: u64,
+    /// Joined a look-up already running.
+    pub coalesced: u64,
+}
+
+/// One provider as the status page shows it ([`ReputationCache::provider_states`]).
+#[derive(Debug, Clone)]
+pub struct ProviderState {
+    /// Which provider.
+    pub provider: ProviderId,
+    /// `daily_quota`, when it has one.
+    pub quota_limit: Option<u32>,
+    /// Look-ups left today, when it has a quota.
+    pub quota_remaining: Option<u32>,
+    /// Ready, cooling down until a time, or disabled with a reason.
+    pub availability: crate::providers::Availability,
 }
 
 /// The reputation cache in front of the providers. Cheap to clone.
@@ -320,6 +359,7 @@ impl Kept {
                 Some(st) => st.load_state("ban:")?,
                 None => Vec::new(),
             }),
+            lookups: Default::default(),
         });
         Ok((kept, store))
     }
@@ -536,6 +576,41 @@ impl ReputationCache {
         self.inner.shared.entries.is_empty()
     }
 
+    /// Counts a look-up in `ipgate_cache_lookups_total` and for [`Self::lookup_counts`].
+    #[inline]
+    fn count(&self, result: usize) {
+        self.inner.results[result].increment(1);
+        self.inner.shared.lookups[result].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Look-ups since the cache was set up (a reload that changes `cache.path`,
+    /// `max_entries` or `ipv6_prefix` starts again): hits, misses, stale, coalesced.
+    pub fn lookup_counts(&self) -> LookupCounts {
+        let n = |i: usize| self.inner.shared.lookups[i].load(std::sync::atomic::Ordering::Relaxed);
+        LookupCounts {
+            hit: n(0),
+            miss: n(1),
+            stale: n(2),
+            coalesced: n(3),
+        }
+    }
+
+    /// Each provider: today's quota (limit and what is left) and whether it is ready,
+    /// cooling down or disabled.
+    pub fn provider_states(&self) -> Vec<ProviderState> {
+        let today = self.today();
+        self.inner
+            .providers
+            .iter()
+            .map(|s| ProviderState {
+                provider: s.id,
+                quota_limit: s.quota.as_ref().map(|q| q.limit()),
+                quota_remaining: s.quota.as_ref().map(|q| q.remaining(today)),
+                availability: s.provider.availability(),
+            })
+            .collect()
+    }
+
     /// Look-ups left today per provider with a quota.
     pub fn quota_remaining(&self) -> Vec<(ProviderId, u32)> {
         let today = self.today();
@@ -566,7 +641,7 @@ impl ReputationCache {
     pub fn cached(&self, ip: IpAddr) -> Option<Arc<Lookup>> {
         let slot = self.inner.shared.entries.get(&self.key(ip))?;
         if self.fresh(&slot, self.now_ms()) {
-            self.inner.results[0].increment(1);
+            self.count(0);
             Some(slot.lookup)
         } else {
             None
@@ -604,7 +679,7 @@ impl ReputationCache {
                 None if let Some(slot) = self.inner.shared.entries.get(&key)
                     && self.fresh(&slot, self.now_ms()) =>
                 {
-                    self.inner.results[0].increment(1);
+                    self.count(0);
                     return Answer::Known(slot.lookup);
                 }
                 None => {
@@ -632,13 +707,12 @@ impl ReputationCache {
                 }
             }
         };
-        let r = &self.inner.results;
         if joined {
-            r[3].increment(1);
+            self.count(3);
         } else if previous.is_some() {
-            r[2].increment(1);
+            self.count(2);
         } else {
-            r[1].increment(1);
+            self.count(1);
         }
         if self.inner.background {
             // Decide now; the flight fills the cache for next time. A stale answer is

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use bytes::Bytes;
@@ -57,7 +58,24 @@ async fn start_demo_upstream() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-pub async fn demo(listen: SocketAddr) -> Result<(), Failure> {
+/// Binds the demo's admin API: `admin`, or a free loopback port when it is taken.
+async fn bind_admin(admin: SocketAddr) -> Result<tokio::net::TcpListener, Failure> {
+    match tokio::net::TcpListener::bind(admin).await {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            tracing::warn!(listen = %admin, error = %e, "admin address taken: using a free port");
+            let any = SocketAddr::new(admin.ip(), 0);
+            tokio::net::TcpListener::bind(any)
+                .await
+                .with_context(|| format!("cannot listen on {any} (admin)"))
+                .map_err(Failure::Runtime)
+        }
+    }
+}
+
+pub async fn demo(listen: SocketAddr, admin: SocketAddr) -> Result<(), Failure> {
+    let exporter =
+        ipgate::metrics::install_exporter().context("installing the metrics recorder")?;
     let upstream = start_demo_upstream().await?;
     let dir = std::env::temp_dir().join(format!("ipgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -83,6 +101,16 @@ pub async fn demo(listen: SocketAddr) -> Result<(), Failure> {
         .first()
         .and_then(|l| l.local_addr().ok())
         .ok_or_else(|| anyhow!("no listener"))?;
+    // The admin API on loopback, without a token: the status page, /metrics, bans.
+    let admin_listener = bind_admin(admin).await?;
+    let admin_addr = super::run::announce("admin listening on", &admin_listener)?;
+    let render: ipgate::admin::MetricsRender = Arc::new(move || exporter.render());
+    let app = ipgate::admin::router(gate.clone(), Some(render), None);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin_listener, app).await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
     let url = format!("http://{addr}/");
     let w = "-w ' -> HTTP %{http_code}\\n'";
     println!("ipgate demo: gateway on {url} in front of a demo app on http://{upstream}/");
@@ -119,6 +147,14 @@ pub async fn demo(listen: SocketAddr) -> Result<(), Failure> {
     ] {
         println!("curl -s {w} -H 'X-Forwarded-For: {client}' {url}   # expect {expect}");
     }
+    let admin_url = format!("http://{admin_addr}");
+    println!("Admin API (loopback, no token in the demo):");
+    println!("  status page: {admin_url}/   (open it in a browser while you run the lines above)");
+    println!("  metrics:     curl -s {admin_url}/metrics | grep ^ipgate_requests_total");
+    println!(
+        "  ban:         curl -s -X POST -d '{{\"cidr\":\"198.51.100.20/32\",\"ttl\":\"10m\",\"reason\":\"demo\"}}' {admin_url}/v1/bans   # then the first line answers 403"
+    );
+    println!("  unban:       curl -s -X DELETE {admin_url}/v1/bans/198.51.100.20/32");
     println!("Press Ctrl-C to stop.");
     let served = server::serve(gate, listeners, super::run::shutdown_signal()).await;
     let _ = std::fs::remove_dir_all(&dir);

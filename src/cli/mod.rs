@@ -48,6 +48,10 @@ enum Command {
         /// Where the gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Where the admin API (status page, /metrics, bans) listens; a free port when
+        /// this one is taken.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: std::net::SocketAddr,
     },
     /// Print the decision for an IP and why.
     Check {
@@ -85,9 +89,11 @@ impl From<anyhow::Error> for Failure {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // One-shot commands print their answer; their logs only matter when something is wrong.
+    // Only ipgate's own lines by default (hyper, h2, rustls and redis stay quiet);
+    // IPGATE_LOG (or RUST_LOG) replaces the filter, e.g. `IPGATE_LOG=ipgate=debug`.
     let default_level = match cli.command {
-        Command::Run { .. } | Command::Demo { .. } => "info",
-        Command::Check { .. } | Command::Validate { .. } => "warn",
+        Command::Run { .. } | Command::Demo { .. } => "ipgate=info",
+        Command::Check { .. } | Command::Validate { .. } => "ipgate=warn",
     };
     init_tracing(cli.log_format, default_level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -103,7 +109,10 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Run { config, upstream } => run::run(config, upstream).await,
-            Command::Demo { listen } => demo::demo(listen).await,
+            Command::Demo {
+                listen,
+                admin_listen,
+            } => demo::demo(listen, admin_listen).await,
             Command::Check {
                 config,
                 ip,
@@ -126,17 +135,27 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat, default_level: &str) {
+fn init_tracing(format: LogFormat, default_filter: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("IPGATE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new(default_level));
+        .unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours for a person at a terminal; none in files, pipes and journald.
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // One object per line, the event's fields beside `timestamp`, `level`,
+        // `target` and `message` (not nested under `fields`).
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
     }
 }
 

@@ -45,10 +45,8 @@ pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<()
         cfg
     };
 
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
-    ipgate::metrics::describe();
+    let exporter =
+        ipgate::metrics::install_exporter().context("installing the metrics recorder")?;
 
     let watch = cfg.reload.watch && from_file;
     let admin_cfg = cfg.admin.clone();
@@ -92,7 +90,7 @@ pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<()
             .await
             .with_context(|| format!("cannot listen on {addr} (admin)"))?;
         let addr = announce("admin listening on", &listener)?;
-        let render: admin::MetricsRender = Arc::new(move || prometheus.render());
+        let render: admin::MetricsRender = Arc::new(move || exporter.render());
         let app = admin::router(gate.clone(), Some(render), reload.clone());
         tracing::info!(listen = %addr, "admin API listening");
         tokio::spawn(async move {
