@@ -112,7 +112,7 @@ limits: {{ header_read_timeout: 2s, idle_timeout: 10s, max_connections: 2000 }}
 providers:
   iocscout: {{ api_key: soak-key, base_url: 'http://{emulator}/v1', daily_quota: 100000000, timeout: 1s }}
 lookup: {{ timeout: 1s, on_error: allow }}
-cache: {{ max_entries: 50000, ttl: 1m, error_ttl: 10s }}
+cache: {{ max_entries: 10000, ttl: 1m, error_ttl: 10s }}
 lists: {{ block: [203.0.113.0/24] }}
 rules:
   - {{ name: block-threats, when: {{ status: threat }}, action: block }}

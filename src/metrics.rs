@@ -118,6 +118,21 @@ pub fn install_exporter() -> Result<Exporter, metrics_exporter_prometheus::Build
         .set_buckets_for_metric(Matcher::Full(DECISION_SECONDS.into()), &DECISION_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(UPSTREAM_SECONDS.into()), &UPSTREAM_BUCKETS)?
         .install_recorder()?;
+    // Histogram samples wait in a buffer until they are folded into their buckets:
+    // without a scrape to do it, the buffer would grow with every request. Fold them
+    // every few seconds whether or not anyone scrapes.
+    let upkeep = handle.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ipgate-metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep: histograms are folded only when /metrics is scraped");
+    }
     let process = metrics_process::Collector::default();
     process.describe();
     describe();
