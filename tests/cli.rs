@@ -621,23 +621,6 @@ async fn a_reload_refuses_an_emptied_or_upstream_less_file() {
     }
 }
 
-/// The value of a counter line in Prometheus text (0 when absent).
-async fn counter(admin: &str, series: &str) -> u64 {
-    let text = common::client()
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_reload_replaces_the_certificate_refuses_a_bad_pair_and_reports_listen_changes() {
     let up = upstream::start().await;
@@ -701,7 +684,9 @@ async fn a_reload_replaces_the_certificate_refuses_a_bad_pair_and_reports_listen
     common::eventually(
         "the bad pair is refused",
         Duration::from_secs(5),
-        || async { counter(&admin, "ipgate_config_reloads_total{result=\"error\"}").await == 1 },
+        || async {
+            common::metric(&admin, "ipgate_config_reloads_total{result=\"error\"}").await == 1.0
+        },
     )
     .await;
     assert!(served_to(&b).await);
@@ -714,12 +699,12 @@ async fn a_reload_replaces_the_certificate_refuses_a_bad_pair_and_reports_listen
         "restart required is reported",
         Duration::from_secs(5),
         || async {
-            counter(
+            common::metric(
                 &admin,
                 "ipgate_config_reloads_total{result=\"restart_required\"}",
             )
             .await
-                == 1
+                == 1.0
         },
     )
     .await;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::emulator::*;
 use common::redis::Redis;
-use common::{Running, client, eventually, kill, spawn_run, upstream};
+use common::{Running, client, eventually, kill, metric, spawn_run, upstream};
 
 /// A policy for one gateway of the cluster (all share `redis`).
 fn policy(upstream: &str, emu: &Emulator, redis: Option<&str>, quota: u32, extra: &str) -> String {
@@ -88,23 +88,6 @@ async fn visit(addr: SocketAddr, ip: &str) -> u16 {
         .unwrap()
         .status()
         .as_u16()
-}
-
-/// A metric's value on a gateway's admin API (0 when absent).
-async fn metric(admin: &str, series: &str) -> f64 {
-    let text = client()
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

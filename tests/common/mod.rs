@@ -281,3 +281,22 @@ pub fn kill(signal: &str, pid: u32) {
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
+
+/// The value of a series in the `/metrics` text of the admin API at `admin`
+/// (`http://ADDR`), 0 when absent. `series` is the name with its labels, exactly as
+/// printed (`ipgate_redis_up`, `ipgate_config_reloads_total{result="ok"}`).
+pub async fn metric(admin: &str, series: &str) -> f64 {
+    let text = client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
