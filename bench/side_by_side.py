@@ -54,7 +54,8 @@ def wait_port(port, timeout=30):
 
 def rss_kib(pid):
     total = 0
-    pids = [pid] + [int(p) for p in sh(["pgrep", "-P", str(pid)]).split()] if shutil.which("pgrep") else [pid]
+    children = subprocess.run(["pgrep", "-P", str(pid)], text=True, capture_output=True).stdout
+    pids = [pid] + [int(p) for p in children.split()]
     for p in pids:
         try:
             with open(f"/proc/{p}/status") as f:
@@ -145,7 +146,7 @@ def haproxy(w, case):
     conf = w.write(f"haproxy-{case}.cfg", f"""
 global
   nbthread 1
-  maxconn 10000
+  maxconn 4096
 defaults
   mode http
   timeout connect 5s
