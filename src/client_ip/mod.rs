@@ -207,16 +207,31 @@ impl ClientIpResolver {
                 .map_err(|_| ClientIpError::InvalidBytes { header: NAME })?;
             for entry in line.rsplit(',') {
                 let ip = parse_bare_ip(NAME, trim_ows(entry))?;
-                if let Some(h) = hops.as_deref_mut() {
-                    h.push(ip);
+                if let Some(client) = self.hop(ip, hops.as_deref_mut(), &mut leftmost) {
+                    return Ok(client);
                 }
-                if !self.trusted.contains(ip) {
-                    return Ok(ip);
-                }
-                leftmost = ip;
             }
         }
         Ok(leftmost)
+    }
+
+    /// One step of a right-to-left walk: records `ip` in `hops`; the client when it is
+    /// not a trusted proxy, else it becomes the leftmost trusted address seen.
+    #[inline]
+    fn hop(
+        &self,
+        ip: IpAddr,
+        hops: Option<&mut Vec<IpAddr>>,
+        leftmost: &mut IpAddr,
+    ) -> Option<IpAddr> {
+        if let Some(h) = hops {
+            h.push(ip);
+        }
+        if !self.trusted.contains(ip) {
+            return Some(ip);
+        }
+        *leftmost = ip;
+        None
     }
 
     /// Forwarded (RFC 7239): the `for=` node of each element. `hops` as for
@@ -246,13 +261,9 @@ impl ClientIpResolver {
                     return Err(ClientIpError::Empty { header: NAME });
                 }
                 let ip = forwarded_for(NAME, element)?.to_canonical();
-                if let Some(h) = hops.as_deref_mut() {
-                    h.push(ip);
+                if let Some(client) = self.hop(ip, hops.as_deref_mut(), &mut leftmost) {
+                    return Ok(client);
                 }
-                if !self.trusted.contains(ip) {
-                    return Ok(ip);
-                }
-                leftmost = ip;
             }
         }
         Ok(leftmost)
