@@ -24,7 +24,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-IPGATE = os.path.join(TARGET, "release", "ipgate")
+IPGATE = os.environ.get("IPGATE_BIN", os.path.join(TARGET, "release", "ipgate"))
 BARE = os.path.join(TARGET, "release", "examples", "bare_proxy")
 DURATION = os.environ.get("DURATION", "10s")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
@@ -250,8 +250,11 @@ def run(w, cases, pinned):
                     p = start(PROXIES[name](w, case), proxy_core)
                     try:
                         wait_port(PROXY_PORT, timeout=120)
-                        script = warm_cached(w) if case == "cached100k" and name == "ipgate" else None
-                        if script:
+                        idle = rss_kib(p.pid)
+                        # Both proxies of the cached case get the same requests (clients spread
+                        # over CACHED addresses in X-Forwarded-For); only ipgate needs the warm-up.
+                        script = warm_cached(w) if case == "cached100k" else None
+                        if script and name == "ipgate":
                             # Warm: every client once (and the measured run uses the same script).
                             sh(["wrk", "-t1", "-c8", "-d3s", "-s", script, f"http://127.0.0.1:{PROXY_PORT}/"])
                         if case == "h2c":
@@ -259,9 +262,9 @@ def run(w, cases, pinned):
                         else:
                             r = wrk(w, load_core, threads, script)
                         rss = rss_kib(p.pid)
-                        results.setdefault((case, name), []).append((*r, rss))
+                        results.setdefault((case, name), []).append((*r, rss, idle))
                         print(f"  {case:<11} {name:<8} round {rnd + 1}: {r[0]:>9.0f} req/s  "
-                              f"p50 {r[1]:.2f} ms  p99 {r[2]:.2f} ms  RSS {rss / 1024:.1f} MiB", flush=True)
+                              f"p50 {r[1]:.2f} ms  p99 {r[2]:.2f} ms  RSS idle {idle / 1024:.1f} MiB, loaded {rss / 1024:.1f} MiB", flush=True)
                     except Exception as e:  # noqa: BLE001 - a proxy that cannot run the case is reported
                         print(f"  {case:<11} {name:<8} round {rnd + 1}: failed: {str(e)[:200]}", flush=True)
                     finally:
@@ -273,25 +276,25 @@ def run(w, cases, pinned):
 
 def table(results, title):
     lines = [f"### {title}", "",
-             "| case | proxy | req/s (median) | vs bare | vs HAProxy | p50 ms | p99 ms | p99 vs bare | RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| case | proxy | req/s (median) | vs bare | vs HAProxy | p50 ms | p99 ms | p99 vs bare | RSS idle MiB | RSS loaded MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     cases = []
     for (case, _) in results:
         if case not in cases:
             cases.append(case)
     for case in cases:
-        med = {name: [statistics.median(x[i] for x in rows) for i in range(4)]
+        med = {name: [statistics.median(x[i] for x in rows) for i in range(5)]
                for (c, name), rows in results.items() if c == case}
         base = med.get("bare")
         ha = med.get("haproxy")
         for name in ["haproxy", "nginx", "bare", "ipgate"]:
             if name not in med:
                 continue
-            rps, p50, p99, rss = med[name]
+            rps, p50, p99, rss, idle = med[name]
             ratio = f"{rps / base[0]:.2f}" if base else "-"
             vs_ha = f"{rps / ha[0]:.2f}" if ha else "-"
             p99r = f"{p99 / base[2]:.2f}" if base and base[2] == base[2] and base[2] > 0 else "-"
-            lines.append(f"| {case} | {name} | {rps:,.0f} | {ratio} | {vs_ha} | {p50:.2f} | {p99:.2f} | {p99r} | {rss / 1024:.1f} |")
+            lines.append(f"| {case} | {name} | {rps:,.0f} | {ratio} | {vs_ha} | {p50:.2f} | {p99:.2f} | {p99r} | {idle / 1024:.1f} | {rss / 1024:.1f} |")
     return "\n".join(lines) + "\n"
 
 

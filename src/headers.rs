@@ -1,9 +1,29 @@
 //! Header hygiene at the trust boundary, as small pure functions: hop-by-hop removal
 //! (RFC 9110 §7.6.1), the gateway's own `x-ipgate-*` headers, and forwarding metadata.
+//!
+//! Every request passes through here, so names are static [`HeaderName`]s (never parsed
+//! from strings at run time), the headers are classified in one pass over the names the
+//! request has, and nothing is allocated when there is nothing to remove.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Names this module sets or tests that `http` has no constant for.
+pub(crate) mod names {
+    use http::header::HeaderName;
+
+    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    pub const X_IPGATE_CLIENT_IP: HeaderName = HeaderName::from_static("x-ipgate-client-ip");
+    pub const X_IPGATE_DECISION: HeaderName = HeaderName::from_static("x-ipgate-decision");
+    pub const X_IPGATE_SCORE: HeaderName = HeaderName::from_static("x-ipgate-score");
+    pub const X_IPGATE_COUNTRY: HeaderName = HeaderName::from_static("x-ipgate-country");
+}
+use names::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
 /// The hop-by-hop headers of RFC 9110 §7.6.1, plus the legacy ones proxies drop.
 const HOP_BY_HOP: [&str; 8] = [
@@ -16,50 +36,6 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
     "proxy-authorization",
 ];
-
-/// Removes hop-by-hop headers, including every header named by `Connection`, except
-/// the forwarding headers ([`FORWARDING`]): those are never hop-by-hop, whatever
-/// `Connection` names, so a client cannot strip the chain a trusted proxy vouched for
-/// and the gate decided on (as Traefik did for CVE-2024-45410).
-/// `TE: trailers` is kept (it is end-to-end in meaning for gRPC and friends).
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Read Connection's list before deleting it.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !FORWARDING.contains(&n.as_str()))
-        .collect();
-    let keep_te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if keep_te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-}
-
-/// Removes every `x-ipgate-*` header: a client can never set them.
-pub fn remove_gateway_headers(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("x-ipgate-"))
-        .cloned()
-        .collect();
-    for n in names {
-        headers.remove(n);
-    }
-}
 
 /// Forwarding and client-address headers a client may send that only trusted proxies
 /// may vouch for: from anyone else they are removed, so an application behind the
@@ -80,18 +56,6 @@ pub(crate) const FORWARDING: [&str; 13] = [
     "x-originating-ip",
 ];
 
-/// Headers naming one client address: from a trusted peer, each one present is set to
-/// the client the decision used.
-const SINGLE_ADDRESS: [&str; 7] = [
-    "x-real-ip",
-    "cf-connecting-ip",
-    "true-client-ip",
-    "x-client-ip",
-    "x-cluster-client-ip",
-    "fastly-client-ip",
-    "x-originating-ip",
-];
-
 /// Whether `name` is a header the gateway removes or sets.
 fn is_managed(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
@@ -100,20 +64,151 @@ fn is_managed(name: &str) -> bool {
         || matches!(name, "host" | "content-length")
 }
 
-/// Removes every header with an underscore whose name, with `_` read as `-`, is one the
-/// gateway removes or sets (`X_Forwarded_For`, `X_Real_IP`, `X_Ipgate_Decision`,
-/// `Transfer_Encoding`, `Content_Length`, ...): CGI and WSGI map `_` and `-` to the same
-/// variable, so such a header would pass for the real one at the application.
-pub fn remove_underscore_variants(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().contains('_') && is_managed(&n.as_str().replace('_', "-")))
-        .cloned()
-        .collect();
-    for n in names {
-        headers.remove(n);
+/// Whether `name` (lower case, as every [`HeaderName`] is) with `_` read as `-` is a
+/// header the gateway removes or sets (`X_Forwarded_For`, `Transfer_Encoding`, ...):
+/// CGI and WSGI map `_` and `-` to the same variable, so such a header would pass for
+/// the real one at the application.
+fn is_underscore_variant(name: &str) -> bool {
+    name.contains('_') && is_managed(&name.replace('_', "-"))
+}
+
+/// The tokens of the `Connection` headers, as written (compared case-insensitively).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `name` is hop-by-hop: listed in RFC 9110, or named by `Connection` (unless it
+/// is a forwarding header: those are never hop-by-hop, whatever `Connection` names, so a
+/// client cannot strip the chain a trusted proxy vouched for and the gate decided on,
+/// as Traefik did for CVE-2024-45410).
+fn is_hop_by_hop(headers: &HeaderMap, has_connection: bool, name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+        || (has_connection
+            && !FORWARDING.contains(&name)
+            && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name)))
+}
+
+/// Removes every header `doomed` picks, in one pass over the names; allocates only when
+/// one is picked.
+fn remove_where(headers: &mut HeaderMap, mut doomed: impl FnMut(&HeaderMap, &str) -> bool) {
+    let mut gone: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if doomed(headers, name.as_str()) {
+            gone.push(name.clone());
+        }
+    }
+    for name in &gone {
+        headers.remove(name);
     }
 }
+
+/// Whether a `TE` header asks for trailers (`TE: trailers` is end-to-end in meaning for
+/// gRPC and friends, so it is kept when the rest of `TE` goes).
+fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
+/// Removes hop-by-hop headers, including every header named by `Connection`, except
+/// the forwarding headers ([`FORWARDING`]). `TE: trailers` is kept.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let has_connection = headers.contains_key(header::CONNECTION);
+    let keep_te_trailers = headers.contains_key(header::TE) && wants_trailers(headers);
+    remove_where(headers, |h, name| is_hop_by_hop(h, has_connection, name));
+    if keep_te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Removes every `x-ipgate-*` header: a client can never set them.
+#[cfg(test)]
+pub fn remove_gateway_headers(headers: &mut HeaderMap) {
+    remove_where(headers, |_, name| name.starts_with("x-ipgate-"));
+}
+
+/// Removes every header with an underscore whose name, with `_` read as `-`, is one the
+/// gateway removes or sets (`X_Forwarded_For`, `X_Real_IP`, `X_Ipgate_Decision`,
+/// `Transfer_Encoding`, `Content_Length`, ...).
+#[cfg(test)]
+pub fn remove_underscore_variants(headers: &mut HeaderMap) {
+    remove_where(headers, |_, name| is_underscore_variant(name));
+}
+
+/// Everything a request's headers need before they go upstream, with one pass over the
+/// names: hop-by-hop headers ([`remove_hop_by_hop`]), `x-ipgate-*`
+/// ([`remove_gateway_headers`]), underscore variants ([`remove_underscore_variants`]),
+/// and the forwarding headers ([`set_forwarding`]).
+pub(crate) fn prepare_request(
+    headers: &mut HeaderMap,
+    chain: &[IpAddr],
+    peer_trusted: bool,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let has_connection = headers.contains_key(header::CONNECTION);
+    let keep_te_trailers = headers.contains_key(header::TE) && wants_trailers(headers);
+    remove_where(headers, |h, name| {
+        is_hop_by_hop(h, has_connection, name)
+            || name.starts_with("x-ipgate-")
+            || is_underscore_variant(name)
+            || (!peer_trusted && FORWARDING.contains(&name))
+    });
+    if keep_te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    write_forwarding(headers, chain, peer_trusted, proto, host);
+}
+
+/// `chain`, canonical, each address written by `each`, joined by `, `. `None` only if
+/// the text were not a valid header value (addresses and the fixed text around them
+/// always are).
+fn join_chain(chain: &[IpAddr], mut each: impl FnMut(&mut String, IpAddr)) -> Option<HeaderValue> {
+    let mut out = String::with_capacity(chain.len() * 18);
+    for (i, ip) in chain.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        each(&mut out, ip.to_canonical());
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
+}
+
+/// Sets `name` to `value`, or removes it when there is no value.
+fn set_or_remove(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
+    match value {
+        Some(v) => {
+            headers.insert(name, v);
+        }
+        None => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Headers naming one client address: from a trusted peer, each one present is set to
+/// the client the decision used.
+const SINGLE_ADDRESS_NAMES: [HeaderName; 7] = [
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-originating-ip"),
+];
+
+/// `X-Forwarded`: no standard form, so never passed on.
+const X_FORWARDED: HeaderName = HeaderName::from_static("x-forwarded");
 
 /// Sets the forwarding headers from `chain`, the addresses the decision rests on
 /// (client first, the peer last; see `ClientIpResolver::chain`), so they describe the
@@ -129,6 +224,7 @@ pub fn remove_underscore_variants(headers: &mut HeaderMap) {
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` are set unless a trusted peer sent them.
 /// Runs after [`remove_hop_by_hop`], which never removes them, so
 /// `Connection: X-Forwarded-For` can strip neither the incoming chain nor what is set here.
+#[cfg(test)]
 pub fn set_forwarding(
     headers: &mut HeaderMap,
     chain: &[IpAddr],
@@ -137,61 +233,57 @@ pub fn set_forwarding(
     host: Option<&HeaderValue>,
 ) {
     if !peer_trusted {
-        for n in FORWARDING {
-            headers.remove(n);
+        remove_where(headers, |_, name| FORWARDING.contains(&name));
+    }
+    write_forwarding(headers, chain, peer_trusted, proto, host);
+}
+
+/// [`set_forwarding`] once an untrusted peer's forwarding headers are gone.
+fn write_forwarding(
+    headers: &mut HeaderMap,
+    chain: &[IpAddr],
+    peer_trusted: bool,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    if peer_trusted {
+        headers.remove(X_FORWARDED);
+        if headers.contains_key(header::FORWARDED) {
+            let fwd = join_chain(chain, |out, ip| {
+                let _ = match ip {
+                    IpAddr::V4(v4) => write!(out, "for={v4}"),
+                    IpAddr::V6(v6) => write!(out, "for=\"[{v6}]\""),
+                };
+            });
+            set_or_remove(headers, header::FORWARDED, fwd);
         }
-    }
-    headers.remove("x-forwarded");
-    let chain: Vec<IpAddr> = chain.iter().map(|ip| ip.to_canonical()).collect();
-    let xff = chain
-        .iter()
-        .map(|ip| ip.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    } else {
-        headers.remove("x-forwarded-for");
-    }
-    if headers.contains_key("forwarded") {
-        let fwd = chain
-            .iter()
-            .map(|ip| match ip {
-                IpAddr::V4(v4) => format!("for={v4}"),
-                IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        match HeaderValue::from_str(&fwd) {
-            Ok(v) => {
-                headers.insert("forwarded", v);
-            }
-            Err(_) => {
-                headers.remove("forwarded");
-            }
-        }
-    }
-    if let Some(client) = chain.first() {
-        for n in SINGLE_ADDRESS {
-            if headers.contains_key(n) {
-                match HeaderValue::from_str(&client.to_string()) {
-                    Ok(v) => {
-                        headers.insert(n, v);
-                    }
-                    Err(_) => {
-                        headers.remove(n);
-                    }
+        if let Some(client) = chain.first() {
+            let mut value: Option<Option<HeaderValue>> = None;
+            for n in SINGLE_ADDRESS_NAMES {
+                if headers.contains_key(&n) {
+                    let v = value
+                        .get_or_insert_with(|| {
+                            join_chain(std::slice::from_ref(client), |out, ip| {
+                                let _ = write!(out, "{ip}");
+                            })
+                        })
+                        .clone();
+                    set_or_remove(headers, n, v);
                 }
             }
         }
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    let xff = join_chain(chain, |out, ip| {
+        let _ = write!(out, "{ip}");
+    });
+    set_or_remove(headers, X_FORWARDED_FOR, xff);
+    if !peer_trusted || !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !headers.contains_key("x-forwarded-host")
-        && let Some(h) = host
+    if let Some(h) = host
+        && (!peer_trusted || !headers.contains_key(X_FORWARDED_HOST))
     {
-        headers.insert("x-forwarded-host", h.clone());
+        headers.insert(X_FORWARDED_HOST, h.clone());
     }
 }
 
@@ -375,5 +467,60 @@ mod tests {
         remove_gateway_headers(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-ipgatex"));
+    }
+
+    #[test]
+    fn prepare_request_does_every_step_in_one_pass() {
+        let pairs = [
+            ("connection", "keep-alive, X-Secret, X-Forwarded-For"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers, deflate"),
+            ("x-ipgate-decision", "allow"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded", "for=6.6.6.6"),
+            ("accept", "*/*"),
+        ];
+        // Untrusted peer: every forwarding header it sent is gone, the chain is the peer.
+        let mut h = map(&pairs);
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        let host = HeaderValue::from_static("app.example");
+        prepare_request(&mut h, &[peer], false, "https", Some(&host));
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "accept",
+                "te",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ]
+        );
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+
+        // Trusted peer: its chain stays (Connection cannot strip it), X-Real-IP is set to
+        // the client, X-Forwarded goes, the rest as above.
+        let mut h = map(&pairs);
+        let chain = ["198.51.100.1".parse().unwrap(), "10.0.0.1".parse().unwrap()];
+        prepare_request(&mut h, &chain, true, "http", None);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 10.0.0.1");
+        assert_eq!(h["x-real-ip"], "198.51.100.1");
+        for gone in [
+            "connection",
+            "keep-alive",
+            "x-secret",
+            "x-ipgate-decision",
+            "x_forwarded_for",
+            "x-forwarded",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} was kept");
+        }
     }
 }

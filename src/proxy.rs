@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -29,8 +29,43 @@ use crate::snapshot::Pinned;
 
 /// Errors crossing the proxy's bodies.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The proxy's response body.
-pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+/// The proxy's response body: the upstream's, streamed as it comes, or a short text of
+/// the gateway's own. Not boxed: a response costs no allocation for its body type.
+pub(crate) enum ProxyBody {
+    /// The upstream's body.
+    Upstream(Incoming),
+    /// The gateway's own (an error text; empty after an upgrade).
+    Local(Full<Bytes>),
+}
+
+impl hyper::body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|n| match n {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream(b) => hyper::body::Body::is_end_stream(b),
+            ProxyBody::Local(b) => hyper::body::Body::is_end_stream(b),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ProxyBody::Upstream(b) => hyper::body::Body::size_hint(b),
+            ProxyBody::Local(b) => hyper::body::Body::size_hint(b),
+        }
+    }
+}
 
 /// The connection slot (of `max_connections`) a request's connection holds. An
 /// upgraded connection (WebSocket) takes it into its tunnel, so tunnels count against
@@ -38,10 +73,39 @@ pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 #[derive(Clone)]
 pub(crate) struct ConnSlot(#[allow(dead_code)] pub(crate) Arc<tokio::sync::OwnedSemaphorePermit>);
 
-type HttpsClient = Client<Limited<hyper_rustls::HttpsConnector<HttpConnector>>, UpstreamBody>;
+type HttpsClient = Client<Limited<hyper_rustls::HttpsConnector<HttpConnector>>, ClientBody>;
 
-/// The request body sent upstream.
-type UpstreamBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// The client's request body on its way upstream, unboxed. A body that can fail (one
+/// with content) notes its failure, so a garbled body is told from an upstream error.
+struct ClientBody {
+    inner: Incoming,
+    failed: Option<Arc<AtomicBool>>,
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let (Some(Err(_)), Some(failed)) = (&frame, &this.failed) {
+            failed.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        hyper::body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::Body::size_hint(&self.inner)
+    }
+}
 
 /// A connector that holds one of `upstream_max_connections` permits for as long as each
 /// connection it made is open (pooled, in use or upgraded): a request that needs a new
@@ -135,6 +199,11 @@ impl<T: Connection> Connection for Counted<T> {
 /// where new requests go and never splits one request between two configurations.
 #[derive(Clone)]
 pub(crate) struct Proxy {
+    /// Shared: the proxy is cloned for every request.
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     client: HttpsClient,
     tls: bool,
     bans: Bans,
@@ -170,21 +239,21 @@ impl Proxy {
             .pool_max_idle_per_host(max_upstream)
             .build(limited);
         Proxy {
-            client,
-            tls,
-            bans,
-            upstream_seconds: metrics::histogram!(crate::metrics::UPSTREAM_SECONDS),
+            shared: Arc::new(Shared {
+                client,
+                tls,
+                bans,
+                upstream_seconds: metrics::histogram!(crate::metrics::UPSTREAM_SECONDS),
+            }),
         }
     }
 }
 
 /// A plain-text response from the gateway itself.
 pub(crate) fn text_response(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
-    let mut r = Response::new(
-        Full::new(Bytes::from_static(msg.as_bytes()))
-            .map_err(|n| match n {})
-            .boxed_unsync(),
-    );
+    let mut r = Response::new(ProxyBody::Local(Full::new(Bytes::from_static(
+        msg.as_bytes(),
+    ))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -260,25 +329,24 @@ impl Proxy {
         };
 
         let trusted = live.resolver().is_trusted(peer);
-        let chain = live
-            .resolver()
-            .chain(peer, req.headers())
-            .unwrap_or_else(|_| vec![peer]);
+        // From an untrusted peer the chain is the peer alone: no walk, no allocation.
+        let walked;
+        let chain: &[IpAddr] = if trusted {
+            walked = live
+                .resolver()
+                .chain(peer, req.headers())
+                .unwrap_or_else(|_| vec![peer]);
+            &walked
+        } else {
+            std::slice::from_ref(&peer)
+        };
+        let proto = if self.shared.tls { "https" } else { "http" };
         let h = req.headers_mut();
-        headers::remove_hop_by_hop(h);
-        headers::remove_gateway_headers(h);
-        headers::remove_underscore_variants(h);
-        headers::set_forwarding(
-            h,
-            &chain,
-            trusted,
-            if self.tls { "https" } else { "http" },
-            orig_host.as_ref(),
-        );
+        headers::prepare_request(h, chain, trusted, proto, orig_host.as_ref());
         let host = if cfg.preserve_host {
             orig_host
         } else {
-            HeaderValue::from_str(upstream.authority().as_str()).ok()
+            upstream.host().cloned()
         };
         if let Some(host) = host {
             h.insert(header::HOST, host);
@@ -295,20 +363,19 @@ impl Proxy {
 
         // A body the client garbles (bad chunked framing) fails the upstream request:
         // that is the client's error (400), not the upstream's (502).
-        let body_failed = Arc::new(AtomicBool::new(false));
+        let body_failed = (!hyper::body::Body::is_end_stream(req.body()))
+            .then(|| Arc::new(AtomicBool::new(false)));
         let failed = body_failed.clone();
-        let req = req.map(|b| {
-            b.map_err(move |e| {
-                failed.store(true, Ordering::Relaxed);
-                e
-            })
-            .boxed_unsync()
-        });
+        let req = req.map(|inner| ClientBody { inner, failed });
         let client_ip = decision.client_ip;
         let started = Instant::now();
-        let sent =
-            tokio::time::timeout(cfg.limits.upstream_timeout.0, self.client.request(req)).await;
-        self.upstream_seconds
+        let sent = tokio::time::timeout(
+            cfg.limits.upstream_timeout.0,
+            self.shared.client.request(req),
+        )
+        .await;
+        self.shared
+            .upstream_seconds
             .record(started.elapsed().as_secs_f64());
         let mut resp = match sent {
             Err(_) => {
@@ -316,7 +383,7 @@ impl Proxy {
                 tracing::warn!(upstream = %upstream.authority(), "upstream timed out");
                 return text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
             }
-            Ok(Err(e)) if body_failed.load(Ordering::Relaxed) => {
+            Ok(Err(e)) if body_failed.is_some_and(|f| f.load(Ordering::Relaxed)) => {
                 tracing::debug!(error = %e, "the client's request body was malformed");
                 return text_response(StatusCode::BAD_REQUEST, "malformed request body\n");
             }
@@ -340,7 +407,7 @@ impl Proxy {
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let idle = cfg.limits.idle_timeout.0;
-            let bans = self.bans.clone();
+            let bans = self.shared.bans.clone();
             tokio::spawn(async move {
                 // The tunnel holds its connection's slot until it ends.
                 let _slot = conn_slot;
@@ -361,30 +428,27 @@ impl Proxy {
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
             });
-            return resp.map(|_| {
-                http_body_util::Empty::new()
-                    .map_err(|n| match n {})
-                    .boxed_unsync()
-            });
+            return resp.map(|_| ProxyBody::Local(Full::new(Bytes::new())));
         }
         headers::remove_hop_by_hop(resp.headers_mut());
-        resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())
+        resp.map(ProxyBody::Upstream)
     }
 }
 
 /// Adds x-ipgate-client-ip, -decision, -score, -country.
 fn enrich(h: &mut http::HeaderMap, d: &Decision) {
+    use headers::names::{X_IPGATE_CLIENT_IP, X_IPGATE_COUNTRY, X_IPGATE_DECISION, X_IPGATE_SCORE};
     if let Ok(v) = HeaderValue::from_str(&d.client_ip.to_string()) {
-        h.insert("x-ipgate-client-ip", v);
+        h.insert(X_IPGATE_CLIENT_IP, v);
     }
-    h.insert("x-ipgate-decision", HeaderValue::from_static(d.outcome()));
+    h.insert(X_IPGATE_DECISION, HeaderValue::from_static(d.outcome()));
     if let Some(score) = d.score() {
-        h.insert("x-ipgate-score", HeaderValue::from(u16::from(score)));
+        h.insert(X_IPGATE_SCORE, HeaderValue::from(u16::from(score)));
     }
     if let Some(c) = d.country()
         && let Ok(v) = HeaderValue::from_str(c)
     {
-        h.insert("x-ipgate-country", v);
+        h.insert(X_IPGATE_COUNTRY, v);
     }
 }
 

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Request;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -58,19 +57,6 @@ pub async fn bind(gate: &Gate) -> Result<Vec<TcpListener>, ServerError> {
     }
     Ok(out)
 }
-
-/// A body error with a concrete type (hyper's builder bounds do not infer well with
-/// `Box<dyn Error>` directly).
-#[derive(Debug)]
-pub struct BodyError(pub Box<dyn std::error::Error + Send + Sync>);
-
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for BodyError {}
 
 /// Activity of one connection, for the idle watchdog.
 struct Activity {
@@ -551,7 +537,7 @@ where
             let r = svc.oneshot(req).await;
             act.in_flight.fetch_sub(1, Ordering::Relaxed);
             act.touch();
-            r.map(|resp| resp.map(|b| b.map_err(BodyError).boxed_unsync()))
+            r
         }
     });
 

@@ -115,6 +115,15 @@ fn column(d: &Decision) -> usize {
 
 const COLUMNS: [&str; 3] = ["allow", "block", "dry_run_block"];
 
+/// The fixed kinds' names, made once: recording a decision by `default` (most of them)
+/// must not allocate.
+static FIXED_NAMES: std::sync::LazyLock<Vec<Arc<str>>> = std::sync::LazyLock::new(|| {
+    crate::DecidedBy::FIXED
+        .iter()
+        .map(|k| Arc::from(k.name()))
+        .collect()
+});
+
 impl Activity {
     /// An empty record.
     pub fn new() -> Activity {
@@ -134,7 +143,10 @@ impl Activity {
             decision: COLUMNS[col],
             rule: match &d.by {
                 crate::DecidedBy::Rule { name, .. } => name.clone(),
-                other => Arc::from(other.name()),
+                other => FIXED_NAMES
+                    .get(other.slot())
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(other.name())),
             },
             reason: d.reason.clone(),
         };

@@ -27,6 +27,8 @@ pub enum UpstreamError {
 pub(crate) struct Upstream {
     scheme: Scheme,
     authority: Authority,
+    /// The authority as a `Host` value (made once, not per request).
+    host: Option<http::HeaderValue>,
     /// Path prefix of the upstream URL ("" for none).
     base_path: String,
 }
@@ -47,9 +49,11 @@ impl Upstream {
             .cloned()
             .ok_or_else(|| UpstreamError::NoHost(url.to_string()))?;
         let base_path = uri.path().trim_end_matches('/').to_string();
+        let host = http::HeaderValue::from_str(authority.as_str()).ok();
         Ok(Upstream {
             scheme,
             authority,
+            host,
             base_path,
         })
     }
@@ -60,20 +64,30 @@ impl Upstream {
         &self.authority
     }
 
-    /// The upstream URI for a request's path and query.
+    /// The upstream's authority as a `Host` header value.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn host(&self) -> Option<&http::HeaderValue> {
+        self.host.as_ref()
+    }
+
+    /// The upstream URI for a request's path and query. Without a path prefix the
+    /// request's path and query are shared, not copied.
     #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn uri_for(&self, pq: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
-        let pq = pq.map_or("/", |p| p.as_str());
-        let full = if self.base_path.is_empty() {
-            pq.to_string()
-        } else {
-            format!("{}{pq}", self.base_path)
-        };
-        Uri::builder()
+        let builder = Uri::builder()
             .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(full)
-            .build()
+            .authority(self.authority.clone());
+        if self.base_path.is_empty() {
+            let pq = pq
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            builder.path_and_query(pq).build()
+        } else {
+            let pq = pq.map_or("/", |p| p.as_str());
+            builder
+                .path_and_query(format!("{}{pq}", self.base_path))
+                .build()
+        }
     }
 }
 
