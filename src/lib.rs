@@ -65,6 +65,8 @@ mod proxy_protocol;
 #[cfg(feature = "gateway")]
 pub mod server;
 #[cfg(feature = "gateway")]
+mod side_wake;
+#[cfg(feature = "gateway")]
 mod tls;
 
 pub use bans::{Ban, Bans};

@@ -5,6 +5,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::Request;
@@ -21,6 +22,7 @@ use tower_layer::Layer;
 use crate::gate::Gate;
 use crate::layer::ClientIp;
 use crate::proxy::{ConnSlot, Proxy};
+use crate::side_wake::SideWake;
 pub use crate::tls::{TlsError, tls_acceptor};
 
 /// Why the server could not run.
@@ -527,7 +529,10 @@ where
     let act = activity.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ClientIp(peer_ip));
-        req.extensions_mut().insert(slot.clone());
+        // Only an upgrade takes the connection's slot into a tunnel.
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut().insert(slot.clone());
+        }
         let svc = guarded.clone();
         let act = act.clone();
         act.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -559,22 +564,52 @@ where
     // this long before it is dropped: a client that never acknowledges the GOAWAY's
     // PING, or never reads, cannot hold its slot.
     let mut close_by: Option<tokio::time::Instant> = None;
-    // The timers live as long as the connection: polling the connection (several times
-    // a request) must not register and cancel a timer each time.
+    // The timers live as long as the connection, and they and the stop signal are
+    // polled only when one of them woke the task (SideWake), not on each of the several
+    // wake-ups a request causes.
     let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = tokio::time::sleep_until(first_request_by);
     tokio::pin!(deadline);
+    let mut side = SideWake::new();
     loop {
-        tokio::select! {
-            r = conn.as_mut() => {
+        let stopping = stop.changed();
+        tokio::pin!(stopping);
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(ConnEvent::Ended(r));
+            }
+            if !side.due(cx) {
+                return Poll::Pending;
+            }
+            let mut scx = side.context();
+            // Before the first request: first_request_by; once closing: close_by.
+            if (close_by.is_some() || activity.requests.load(Ordering::Relaxed) == 0)
+                && deadline.as_mut().poll(&mut scx).is_ready()
+            {
+                return Poll::Ready(ConnEvent::Deadline);
+            }
+            if close_by.is_none() {
+                if watchdog.poll_tick(&mut scx).is_ready() {
+                    return Poll::Ready(ConnEvent::Tick);
+                }
+                if stopping.as_mut().poll(&mut scx).is_ready() {
+                    return Poll::Ready(ConnEvent::Stop);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        // Whatever fired, every side future is polled again next time.
+        side.rearm();
+        match event {
+            ConnEvent::Ended(r) => {
                 if let Err(e) = r {
                     tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                 }
                 break;
             }
-            // Before the first request: first_request_by; once closing: close_by.
-            _ = deadline.as_mut(), if close_by.is_some() || activity.requests.load(Ordering::Relaxed) == 0 => {
+            ConnEvent::Deadline => {
                 if close_by.is_some() {
                     tracing::debug!(peer = %peer, "connection did not close gracefully in time; dropped");
                     break;
@@ -584,7 +619,7 @@ where
                     break;
                 }
             }
-            _ = watchdog.tick(), if close_by.is_none() => {
+            ConnEvent::Tick => {
                 if activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle {
                     tracing::debug!(peer = %peer, "idle connection closed");
                     conn.as_mut().graceful_shutdown();
@@ -593,7 +628,7 @@ where
                     deadline.as_mut().reset(by);
                 }
             }
-            _ = stop.changed(), if close_by.is_none() => {
+            ConnEvent::Stop => {
                 conn.as_mut().graceful_shutdown();
                 let by = tokio::time::Instant::now() + cfg.shutdown_grace.0;
                 close_by = Some(by);
@@ -601,6 +636,18 @@ where
             }
         }
     }
+}
+
+/// What ended one wait of a connection's loop.
+enum ConnEvent<E> {
+    /// The connection ended.
+    Ended(Result<(), E>),
+    /// `first_request_by` (no request yet) or `close_by` (closing) passed.
+    Deadline,
+    /// The idle watchdog's tick.
+    Tick,
+    /// The server is shutting down.
+    Stop,
 }
 
 #[cfg(test)]
