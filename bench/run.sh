@@ -24,4 +24,5 @@ service nginx stop >/dev/null 2>&1 || true
 service haproxy stop >/dev/null 2>&1 || true
 
 cargo build --release --bin ipgate --example bare_proxy
+# IPGATE_BEFORE=/path/to/older/ipgate measures an older build beside this one.
 exec python3 bench/side_by_side.py

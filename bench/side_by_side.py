@@ -190,6 +190,13 @@ limits: {{ max_connections: 10000 }}
 
 
 PROXIES = {"haproxy": haproxy, "nginx": nginx, "bare": bare, "ipgate": ipgate}
+# IPGATE_BEFORE=path/to/an/older/ipgate adds it as a fifth proxy ("before"), so a change
+# is measured against the previous build in the same run.
+BEFORE = os.environ.get("IPGATE_BEFORE")
+if BEFORE:
+    def before(w, case):
+        return [BEFORE] + ipgate(w, case)[1:]
+    PROXIES["before"] = before
 
 
 def wrk(w, core, threads, script=None):
@@ -243,7 +250,8 @@ def run(w, cases, pinned):
     results = {}
     try:
         for case in cases:
-            names = ["bare", "ipgate"] if case == "cached100k" else list(PROXIES)
+            names = ([n for n in PROXIES if n in ("bare", "ipgate", "before")]
+                     if case == "cached100k" else list(PROXIES))
             for rnd in range(ROUNDS):
                 order = names[rnd % len(names):] + names[:rnd % len(names)]
                 for name in order:
@@ -263,10 +271,10 @@ def run(w, cases, pinned):
                             r = wrk(w, load_core, threads, script)
                         rss = rss_kib(p.pid)
                         results.setdefault((case, name), []).append((*r, rss, idle))
-                        print(f"  {case:<11} {name:<8} round {rnd + 1}: {r[0]:>9.0f} req/s  "
+                        print(f"  {time.strftime('%H:%M:%S')} {case:<11} {name:<8} round {rnd + 1}: {r[0]:>9.0f} req/s  "
                               f"p50 {r[1]:.2f} ms  p99 {r[2]:.2f} ms  RSS idle {idle / 1024:.1f} MiB, loaded {rss / 1024:.1f} MiB", flush=True)
                     except Exception as e:  # noqa: BLE001 - a proxy that cannot run the case is reported
-                        print(f"  {case:<11} {name:<8} round {rnd + 1}: failed: {str(e)[:200]}", flush=True)
+                        print(f"  {time.strftime('%H:%M:%S')} {case:<11} {name:<8} round {rnd + 1}: failed: {str(e)[:200]}", flush=True)
                     finally:
                         stop(p)
     finally:
@@ -287,7 +295,7 @@ def table(results, title):
                for (c, name), rows in results.items() if c == case}
         base = med.get("bare")
         ha = med.get("haproxy")
-        for name in ["haproxy", "nginx", "bare", "ipgate"]:
+        for name in ["haproxy", "nginx", "bare", "before", "ipgate"]:
             if name not in med:
                 continue
             rps, p50, p99, rss, idle = med[name]
