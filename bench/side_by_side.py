@@ -32,16 +32,32 @@ CONNS = int(os.environ.get("CONNS", "64"))
 CIDRS = int(os.environ.get("CIDRS", "1000000"))
 CACHED = int(os.environ.get("CACHED", "100000"))
 UPSTREAM_PORT, PROXY_PORT = 19000, 18080
-CASES = os.environ.get("CASES", "allow,cidr1m,cached100k,h2c").split(",")
+CASES = [c for c in os.environ.get("CASES", "allow,cidr1m,cached100k,h2c").split(",") if c]
+# The unpinned table's cases (empty: no unpinned table).
+UNPINNED_CASES = [c for c in os.environ.get("UNPINNED_CASES", "allow,cidr1m").split(",") if c]
 
 
 def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout
 
 
-def wait_port(port, timeout=30):
+def port_free(port):
+    """Nothing listens on `port` (a proxy left over from an earlier run would otherwise
+    answer for the next one and every row would measure it)."""
+    import socket
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def wait_port(port, timeout=30, h2_only=False):
+    """Something answers HTTP on `port` (for an h2-only listener: accepts connections)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if h2_only:
+            if not port_free(port):
+                return
+            time.sleep(0.1)
+            continue
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read()
             return
@@ -126,13 +142,17 @@ http {{ access_log off; keepalive_requests 1000000;
 
 def nginx(w, case):
     geo = f"geo $blocked {{ default 0; include {w.path('geo.conf')}; }}" if case == "cidr1m" else "geo $blocked { default 0; }"
-    http2 = "http2 on;" if case == "h2c" else ""
+    # nginx >= 1.25 serves h2c beside HTTP/1.1 with `http2 on`; older ones only with the
+    # listen parameter, and then h2c alone.
+    old = NGINX_VERSION < (1, 25)
+    http2 = "http2 on;" if case == "h2c" and not old else ""
+    listen_h2 = " http2" if case == "h2c" and old else ""
     conf = w.write(f"nginx-{case}.conf", f"""
 worker_processes 1; daemon off; pid {w.path('nginx.pid')}; error_log /dev/null;
 events {{ worker_connections 4096; }}
 http {{ access_log off; keepalive_requests 1000000; {geo}
   upstream app {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 128; }}
-  server {{ listen 127.0.0.1:{PROXY_PORT}; {http2}
+  server {{ listen 127.0.0.1:{PROXY_PORT}{listen_h2}; {http2}
     location / {{ if ($blocked) {{ return 403; }}
       proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }} }}
@@ -188,6 +208,14 @@ limits: {{ max_connections: 10000 }}
 """)
     return [IPGATE, "run", "-c", conf]
 
+
+def nginx_version():
+    out = subprocess.run(["nginx", "-v"], text=True, capture_output=True).stderr
+    m = re.search(r"nginx/(\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+NGINX_VERSION = nginx_version() if shutil.which("nginx") else (0, 0)
 
 PROXIES = {"haproxy": haproxy, "nginx": nginx, "bare": bare, "ipgate": ipgate}
 # IPGATE_BEFORE=path/to/an/older/ipgate adds it as a fifth proxy ("before"), so a change
@@ -255,9 +283,16 @@ def run(w, cases, pinned):
             for rnd in range(ROUNDS):
                 order = names[rnd % len(names):] + names[:rnd % len(names)]
                 for name in order:
+                    deadline = time.time() + 15
+                    while not port_free(PROXY_PORT) and time.time() < deadline:
+                        time.sleep(0.1)
+                    if not port_free(PROXY_PORT):
+                        raise RuntimeError(f"port {PROXY_PORT} is still taken before {name}")
                     p = start(PROXIES[name](w, case), proxy_core)
                     try:
-                        wait_port(PROXY_PORT, timeout=120)
+                        wait_port(PROXY_PORT, timeout=120, h2_only=case == "h2c")
+                        if p.poll() is not None:
+                            raise RuntimeError(f"{name} exited ({p.returncode}) instead of listening")
                         idle = rss_kib(p.pid)
                         # Both proxies of the cached case get the same requests (clients spread
                         # over CACHED addresses in X-Forwarded-For); only ipgate needs the warm-up.
@@ -311,13 +346,13 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: run bench/run.sh, which installs it")
     w = Workdir()
-    n = gen_cidrs(w) if "cidr1m" in CASES else 0
+    n = gen_cidrs(w) if "cidr1m" in CASES + UNPINNED_CASES else 0
     machine = sh(["uname", "-srm"]).strip()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"{time.strftime('%Y-%m-%d')} · {machine} · {cpu} · {os.cpu_count()} cores · {n} CIDRs · "
           f"wrk -c{CONNS} -d{DURATION} · {ROUNDS} rounds", flush=True)
     pinned = run(w, CASES, pinned=True)
-    unpinned = run(w, [c for c in CASES if c in ("allow", "cidr1m")], pinned=False)
+    unpinned = run(w, UNPINNED_CASES, pinned=False)
     report = (f"Run on {time.strftime('%Y-%m-%d')}: {machine}, {cpu}, {os.cpu_count()} cores; "
               f"{n} CIDRs; wrk -c{CONNS} -d{DURATION}; h2load -c{CONNS} -m10; median of {ROUNDS} rounds.\n\n"
               + table(pinned, "Pinned: each proxy on core 0, upstream and load on core 1")
