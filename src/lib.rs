@@ -68,6 +68,8 @@ pub mod server;
 mod side_wake;
 #[cfg(feature = "gateway")]
 mod tls;
+#[cfg(feature = "gateway")]
+mod upstream_pool;
 
 pub use bans::{Ban, Bans};
 pub use block_page::{BlockBody, BlockPage, BlockPageError};

@@ -15,10 +15,8 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
 use crate::bans::Bans;
@@ -26,16 +24,41 @@ use crate::decision::Decision;
 use crate::headers;
 use crate::layer::ClientIp;
 use crate::snapshot::Pinned;
+use crate::upstream_pool::{Lease, Pool};
 
-/// Errors crossing the proxy's bodies.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The proxy's response body: the upstream's, streamed as it comes, or a short text of
 /// the gateway's own. Not boxed: a response costs no allocation for its body type.
 pub(crate) enum ProxyBody {
     /// The upstream's body.
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     /// The gateway's own (an error text; empty after an upgrade).
     Local(Full<Bytes>),
+}
+
+/// The upstream's response body and the lease of its connection, handed back to the
+/// pool as soon as the body has been read to its end.
+pub(crate) struct UpstreamBody {
+    inner: Incoming,
+    lease: UpstreamLease,
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, mut lease: UpstreamLease) -> UpstreamBody {
+        if hyper::body::Body::is_end_stream(&inner) {
+            lease.release();
+        }
+        UpstreamBody { inner, lease }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Read to its end (the server may stop polling once is_end_stream says so):
+        // the connection is reusable. Otherwise the lease closes it.
+        if hyper::body::Body::is_end_stream(&self.inner) {
+            self.lease.release();
+        }
+    }
 }
 
 impl hyper::body::Body for ProxyBody {
@@ -47,21 +70,27 @@ impl hyper::body::Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Upstream(b) => {
+                let frame = std::task::ready!(Pin::new(&mut b.inner).poll_frame(cx));
+                if frame.is_none() || hyper::body::Body::is_end_stream(&b.inner) {
+                    b.lease.release();
+                }
+                Poll::Ready(frame)
+            }
             ProxyBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|n| match n {}),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(b) => hyper::body::Body::is_end_stream(b),
+            ProxyBody::Upstream(b) => hyper::body::Body::is_end_stream(&b.inner),
             ProxyBody::Local(b) => hyper::body::Body::is_end_stream(b),
         }
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         match self {
-            ProxyBody::Upstream(b) => hyper::body::Body::size_hint(b),
+            ProxyBody::Upstream(b) => hyper::body::Body::size_hint(&b.inner),
             ProxyBody::Local(b) => hyper::body::Body::size_hint(b),
         }
     }
@@ -73,7 +102,10 @@ impl hyper::body::Body for ProxyBody {
 #[derive(Clone)]
 pub(crate) struct ConnSlot(#[allow(dead_code)] pub(crate) Arc<tokio::sync::OwnedSemaphorePermit>);
 
-type HttpsClient = Client<Limited<hyper_rustls::HttpsConnector<HttpConnector>>, ClientBody>;
+/// Opens upstream connections (plain or TLS).
+type UpstreamConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+type UpstreamPool = Pool<UpstreamConnector, ClientBody>;
+type UpstreamLease = Lease<UpstreamConnector, ClientBody>;
 
 /// The client's request body on its way upstream, unboxed. A body that can fail (one
 /// with content) notes its failure, so a garbled body is told from an upstream error.
@@ -107,93 +139,6 @@ impl hyper::body::Body for ClientBody {
     }
 }
 
-/// A connector that holds one of `upstream_max_connections` permits for as long as each
-/// connection it made is open (pooled, in use or upgraded): a request that needs a new
-/// connection when all are taken waits for one to close (within `upstream_timeout`).
-#[derive(Clone)]
-struct Limited<C> {
-    inner: C,
-    permits: Arc<Semaphore>,
-}
-
-impl<C> Service<http::Uri> for Limited<C>
-where
-    C: Service<http::Uri> + Clone + Send + 'static,
-    C::Future: Send,
-    C::Error: Into<BoxError>,
-{
-    type Response = Counted<C::Response>;
-    type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let inner = self.inner.clone();
-        let permits = self.permits.clone();
-        Box::pin(async move {
-            let permit = permits.acquire_owned().await?;
-            let io = tower::ServiceExt::oneshot(inner, uri)
-                .await
-                .map_err(Into::into)?;
-            Ok(Counted {
-                io,
-                _permit: permit,
-            })
-        })
-    }
-}
-
-/// An upstream connection and the permit it holds.
-struct Counted<T> {
-    io: T,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Counted<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-}
-
-impl<T: Connection> Connection for Counted<T> {
-    fn connected(&self) -> Connected {
-        self.io.connected()
-    }
-}
-
 /// The forwarding service, behind the gate's layer. Cheap to clone; reads the upstream
 /// and its settings from the snapshot the request was decided on, so a reload changes
 /// where new requests go and never splits one request between two configurations.
@@ -204,7 +149,7 @@ pub(crate) struct Proxy {
 }
 
 struct Shared {
-    client: HttpsClient,
+    pool: UpstreamPool,
     tls: bool,
     bans: Bans,
     /// Registered once: recording must not look the metric up per request.
@@ -227,20 +172,10 @@ impl Proxy {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let limited = Limited {
-            inner: https,
-            permits: Arc::new(Semaphore::new(
-                max_upstream.clamp(1, Semaphore::MAX_PERMITS),
-            )),
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(pool_idle)
-            .pool_max_idle_per_host(max_upstream)
-            .build(limited);
+        let pool = Pool::new(https, pool_idle, max_upstream);
         Proxy {
             shared: Arc::new(Shared {
-                client,
+                pool,
                 tls,
                 bans,
                 upstream_seconds: metrics::histogram!(crate::metrics::UPSTREAM_SECONDS),
@@ -323,7 +258,7 @@ impl Proxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let uri = match upstream.uri_for(req.uri().path_and_query()) {
+        let uri = match upstream.origin_for(req.uri().path_and_query()) {
             Ok(u) => u,
             Err(_) => return text_response(StatusCode::BAD_REQUEST, "bad request target\n"),
         };
@@ -347,7 +282,9 @@ impl Proxy {
             orig_host
         } else {
             upstream.host().cloned()
-        };
+        }
+        // An HTTP/1.0 request may come without any Host: the upstream's then.
+        .or_else(|| upstream.host().cloned());
         if let Some(host) = host {
             h.insert(header::HOST, host);
         }
@@ -371,13 +308,13 @@ impl Proxy {
         let started = Instant::now();
         let sent = tokio::time::timeout(
             cfg.limits.upstream_timeout.0,
-            self.shared.client.request(req),
+            self.shared.pool.send(&upstream.pool_key(), req),
         )
         .await;
         self.shared
             .upstream_seconds
             .record(started.elapsed().as_secs_f64());
-        let mut resp = match sent {
+        let resp = match sent {
             Err(_) => {
                 crate::metrics::upstream_error("timeout");
                 tracing::warn!(upstream = %upstream.authority(), "upstream timed out");
@@ -394,6 +331,7 @@ impl Proxy {
             }
             Ok(Ok(r)) => r,
         };
+        let (mut resp, lease) = resp;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let same = match (&upgrade, resp.headers().get(header::UPGRADE)) {
@@ -405,6 +343,8 @@ impl Proxy {
                 tracing::warn!("upstream switched protocols without a matching upgrade request");
                 return text_response(StatusCode::BAD_GATEWAY, "bad upgrade from upstream\n");
             };
+            // The upgraded connection leaves the pool for good.
+            lease.forget();
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let idle = cfg.limits.idle_timeout.0;
             let bans = self.shared.bans.clone();
@@ -431,7 +371,7 @@ impl Proxy {
             return resp.map(|_| ProxyBody::Local(Full::new(Bytes::new())));
         }
         headers::remove_hop_by_hop(resp.headers_mut());
-        resp.map(ProxyBody::Upstream)
+        resp.map(|b| ProxyBody::Upstream(UpstreamBody::new(b, lease)))
     }
 }
 

@@ -70,21 +70,27 @@ impl Upstream {
         self.host.as_ref()
     }
 
-    /// The upstream URI for a request's path and query. Without a path prefix the
-    /// request's path and query are shared, not copied.
+    /// Where connections to this upstream go (the pool's key).
+    #[cfg(feature = "gateway")]
+    pub(crate) fn pool_key(&self) -> crate::upstream_pool::PoolKey {
+        crate::upstream_pool::PoolKey {
+            scheme: self.scheme.clone(),
+            authority: self.authority.clone(),
+        }
+    }
+
+    /// The request target sent upstream (origin form) for a request's path and query.
+    /// Without a path prefix the request's path and query are shared, not copied.
     #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
-    pub(crate) fn uri_for(&self, pq: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
-        let builder = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone());
+    pub(crate) fn origin_for(&self, pq: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
         if self.base_path.is_empty() {
             let pq = pq
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/"));
-            builder.path_and_query(pq).build()
+            Uri::builder().path_and_query(pq).build()
         } else {
             let pq = pq.map_or("/", |p| p.as_str());
-            builder
+            Uri::builder()
                 .path_and_query(format!("{}{pq}", self.base_path))
                 .build()
         }
@@ -100,10 +106,12 @@ mod tests {
     fn prefix_and_errors() {
         let u = Upstream::parse("http://127.0.0.1:3000/app/").unwrap();
         let pq: PathAndQuery = "/x?y=1".parse().unwrap();
-        assert_eq!(
-            u.uri_for(Some(&pq)).unwrap().to_string(),
-            "http://127.0.0.1:3000/app/x?y=1"
-        );
+        assert_eq!(u.origin_for(Some(&pq)).unwrap().to_string(), "/app/x?y=1");
+        #[cfg(feature = "gateway")]
+        assert_eq!(u.pool_key().authority.as_str(), "127.0.0.1:3000");
+        let bare = Upstream::parse("http://127.0.0.1:3000").unwrap();
+        assert_eq!(bare.origin_for(Some(&pq)).unwrap().to_string(), "/x?y=1");
+        assert_eq!(bare.origin_for(None).unwrap().to_string(), "/");
         assert!(matches!(
             Upstream::parse("/only/a/path"),
             Err(UpstreamError::NoScheme(_))
