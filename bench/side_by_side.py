@@ -337,7 +337,8 @@ def table(results, title):
             ratio = f"{rps / base[0]:.2f}" if base else "-"
             vs_ha = f"{rps / ha[0]:.2f}" if ha else "-"
             p99r = f"{p99 / base[2]:.2f}" if base and base[2] == base[2] and base[2] > 0 else "-"
-            lines.append(f"| {case} | {name} | {rps:,.0f} | {ratio} | {vs_ha} | {p50:.2f} | {p99:.2f} | {p99r} | {idle / 1024:.1f} | {rss / 1024:.1f} |")
+            ms = lambda v: f"{v:.2f}" if v == v else "–"  # h2load gives no percentiles
+            lines.append(f"| {case} | {name} | {rps:,.0f} | {ratio} | {vs_ha} | {ms(p50)} | {ms(p99)} | {p99r} | {idle / 1024:.1f} | {rss / 1024:.1f} |")
     return "\n".join(lines) + "\n"
 
 
