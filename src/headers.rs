@@ -122,9 +122,17 @@ fn wants_trailers(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, including every header named by `Connection`, except
 /// the forwarding headers ([`FORWARDING`]). `TE: trailers` is kept.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    remove_hop_by_hop_and(headers, |_| false);
+}
+
+/// Removes the hop-by-hop headers and those `also` picks, in one pass; `TE: trailers`
+/// is kept.
+fn remove_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
     let has_connection = headers.contains_key(header::CONNECTION);
     let keep_te_trailers = headers.contains_key(header::TE) && wants_trailers(headers);
-    remove_where(headers, |h, name| is_hop_by_hop(h, has_connection, name));
+    remove_where(headers, |h, name| {
+        is_hop_by_hop(h, has_connection, name) || also(name)
+    });
     if keep_te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -155,17 +163,11 @@ pub(crate) fn prepare_request(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let has_connection = headers.contains_key(header::CONNECTION);
-    let keep_te_trailers = headers.contains_key(header::TE) && wants_trailers(headers);
-    remove_where(headers, |h, name| {
-        is_hop_by_hop(h, has_connection, name)
-            || name.starts_with("x-ipgate-")
+    remove_hop_by_hop_and(headers, |name| {
+        name.starts_with("x-ipgate-")
             || is_underscore_variant(name)
             || (!peer_trusted && FORWARDING.contains(&name))
     });
-    if keep_te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
     write_forwarding(headers, chain, peer_trusted, proto, host);
 }
 
