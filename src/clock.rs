@@ -3,13 +3,21 @@
 //! sleeping.
 
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of wall-clock time.
 pub trait Clock: Send + Sync + Debug + 'static {
     /// Now.
     fn now(&self) -> SystemTime;
+
+    /// Unix milliseconds at `at`, a monotonic instant read a moment ago (the hot path
+    /// reads the clock once per request and derives the rest). By default the clock is
+    /// read again.
+    fn unix_ms_at(&self, _at: Instant) -> u64 {
+        unix_ms(self.now())
+    }
 }
 
 /// The system clock.
@@ -19,6 +27,60 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
+    }
+
+    fn unix_ms_at(&self, at: Instant) -> u64 {
+        ANCHOR.unix_ms_at(at)
+    }
+}
+
+/// How far apart the wall clock and the monotonic clock are, re-read every
+/// [`Anchor::REFRESH_MS`] so a step of the wall clock is followed within a second.
+#[derive(Debug)]
+struct Anchor {
+    base: Instant,
+    /// Unix ms minus monotonic ms since `base`, as last read.
+    offset_ms: AtomicI64,
+    /// Monotonic ms since `base` after which the offset is read again.
+    refresh_after_ms: AtomicU64,
+}
+
+static ANCHOR: LazyLock<Anchor> = LazyLock::new(|| {
+    let base = Instant::now();
+    let a = Anchor {
+        base,
+        offset_ms: AtomicI64::new(0),
+        refresh_after_ms: AtomicU64::new(0),
+    };
+    a.refresh();
+    a
+});
+
+impl Anchor {
+    const REFRESH_MS: u64 = 1_000;
+
+    /// Reads both clocks now.
+    fn refresh(&self) {
+        let mono_ms = self.mono_ms(Instant::now());
+        let wall = i64::try_from(unix_ms(SystemTime::now())).unwrap_or(i64::MAX);
+        let mono = i64::try_from(mono_ms).unwrap_or(i64::MAX);
+        self.offset_ms
+            .store(wall.saturating_sub(mono), Ordering::Relaxed);
+        self.refresh_after_ms
+            .store(mono_ms.saturating_add(Self::REFRESH_MS), Ordering::Relaxed);
+    }
+
+    fn mono_ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn unix_ms_at(&self, at: Instant) -> u64 {
+        let mono_ms = self.mono_ms(at);
+        if mono_ms >= self.refresh_after_ms.load(Ordering::Relaxed) {
+            self.refresh();
+        }
+        let mono = i64::try_from(mono_ms).unwrap_or(i64::MAX);
+        u64::try_from(mono.saturating_add(self.offset_ms.load(Ordering::Relaxed))).unwrap_or(0)
     }
 }
 
@@ -86,5 +148,22 @@ mod tests {
         assert_eq!(unix_ms(c.now()), 11_500);
         c.set(UNIX_EPOCH);
         assert_eq!(unix_ms(shared.now()), 0);
+        // A manual clock ignores the instant it is given: its own time counts.
+        assert_eq!(c.unix_ms_at(Instant::now()), 0);
+    }
+
+    #[test]
+    fn the_system_clock_derived_from_an_instant_agrees_with_a_fresh_read() {
+        let before = unix_ms(SystemTime::now());
+        let derived = SystemClock.unix_ms_at(Instant::now());
+        let after = unix_ms(SystemTime::now());
+        // The offset is read to the millisecond: allow the rounding of both reads.
+        assert!(
+            derived + 2 >= before && derived <= after + 2,
+            "{before} <= {derived} <= {after}"
+        );
+        // An instant a minute later reads a minute later.
+        let later = SystemClock.unix_ms_at(Instant::now() + Duration::from_secs(60));
+        assert!(later >= derived + 59_000, "{derived} then {later}");
     }
 }

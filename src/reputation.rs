@@ -362,6 +362,13 @@ pub trait ReputationSource: Send + Sync + 'static {
         None
     }
 
+    /// [`Self::cached`] for a decision that started at `at` (read a moment ago): a
+    /// source that compares expiries may derive its time from it instead of reading
+    /// the clock again.
+    fn cached_at(&self, ip: IpAddr, _at: std::time::Instant) -> Option<std::sync::Arc<Lookup>> {
+        self.cached(ip)
+    }
+
     /// Reputation for `ip`, looking it up when `allow_remote` (cache only otherwise).
     fn lookup(&self, ip: IpAddr, allow_remote: bool)
     -> futures_util::future::BoxFuture<'_, Answer>;

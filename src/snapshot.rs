@@ -278,7 +278,10 @@ impl Snapshot {
                 let (by, reason) = self.outcome(&outcome, None);
                 Step::Done(self.finish(ip, by, reason, None, started))
             }
-            Evaluation::NeedsReputation { from } => match self.source.cached(ip) {
+            Evaluation::NeedsReputation { from } => match started.map_or_else(
+                || self.source.cached(ip),
+                |at| self.source.cached_at(ip, at),
+            ) {
                 Some(l) => Step::Done(self.with_answer(ip, from, Answer::Known(l), started)),
                 None => Step::Lookup { ip, from, started },
             },

@@ -639,8 +639,15 @@ impl ReputationCache {
     /// The cached answer for `ip` when it is fresh (the hot path: no allocation).
     #[inline]
     pub fn cached(&self, ip: IpAddr) -> Option<Arc<Lookup>> {
+        self.cached_at(ip, std::time::Instant::now())
+    }
+
+    /// [`Self::cached`] with the time derived from `at`, an instant read a moment ago
+    /// (the decision's start): one clock read per decision instead of two.
+    #[inline]
+    pub fn cached_at(&self, ip: IpAddr, at: std::time::Instant) -> Option<Arc<Lookup>> {
         let slot = self.inner.shared.entries.get(&self.key(ip))?;
-        if self.fresh(&slot, self.now_ms()) {
+        if self.fresh(&slot, self.inner.clock.unix_ms_at(at)) {
             self.count(0);
             Some(slot.lookup)
         } else {
@@ -863,6 +870,10 @@ impl ReputationCache {
 impl ReputationSource for ReputationCache {
     fn cached(&self, ip: IpAddr) -> Option<Arc<Lookup>> {
         ReputationCache::cached(self, ip)
+    }
+
+    fn cached_at(&self, ip: IpAddr, at: std::time::Instant) -> Option<Arc<Lookup>> {
+        ReputationCache::cached_at(self, ip, at)
     }
 
     fn lookup(&self, ip: IpAddr, allow_remote: bool) -> BoxFuture<'_, Answer> {
