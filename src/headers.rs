@@ -83,29 +83,79 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Whether `name` is hop-by-hop: listed in RFC 9110, or named by `Connection` (unless it
-/// is a forwarding header: those are never hop-by-hop, whatever `Connection` names, so a
-/// client cannot strip the chain a trusted proxy vouched for and the gate decided on,
-/// as Traefik did for CVE-2024-45410).
-fn is_hop_by_hop(headers: &HeaderMap, has_connection: bool, name: &str) -> bool {
-    HOP_BY_HOP.contains(&name)
-        || (has_connection
-            && !FORWARDING.contains(&name)
-            && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name)))
+/// The names `Connection` makes hop-by-hop beyond [`HOP_BY_HOP`], read once per message
+/// (not once per header): a response's `Connection: keep-alive` names nothing more, so
+/// its headers are then checked against the fixed list alone.
+struct ConnectionNamed<'h> {
+    /// The first few such names, as written (compared case-insensitively).
+    first: [&'h str; 4],
+    len: usize,
+    /// More than `first` holds: the `Connection` headers are read again per name.
+    more: bool,
+}
+
+impl<'h> ConnectionNamed<'h> {
+    fn of(headers: &'h HeaderMap) -> Self {
+        let mut named = ConnectionNamed {
+            first: [""; 4],
+            len: 0,
+            more: false,
+        };
+        // Forwarding headers are never hop-by-hop; the fixed list is checked anyway.
+        for t in connection_tokens(headers).filter(|t| {
+            !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h))
+                && !FORWARDING.iter().any(|f| t.eq_ignore_ascii_case(f))
+        }) {
+            match named.first.get_mut(named.len) {
+                Some(slot) => {
+                    *slot = t;
+                    named.len += 1;
+                }
+                None => {
+                    named.more = true;
+                    break;
+                }
+            }
+        }
+        named
+    }
+
+    /// Whether `name` is hop-by-hop: listed in RFC 9110, or named by `Connection`
+    /// (unless it is a forwarding header: those are never hop-by-hop, whatever
+    /// `Connection` names, so a client cannot strip the chain a trusted proxy vouched
+    /// for and the gate decided on, as Traefik did for CVE-2024-45410).
+    fn is_hop_by_hop(&self, headers: &HeaderMap, name: &str) -> bool {
+        HOP_BY_HOP.contains(&name)
+            || self.first[..self.len]
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(name))
+            || (self.more
+                && !FORWARDING.contains(&name)
+                && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name)))
+    }
 }
 
 /// Removes every header `doomed` picks, in one pass over the names; allocates only when
 /// one is picked.
-fn remove_where(headers: &mut HeaderMap, mut doomed: impl FnMut(&HeaderMap, &str) -> bool) {
+#[cfg(test)]
+fn remove_where(headers: &mut HeaderMap, doomed: impl FnMut(&HeaderMap, &str) -> bool) {
+    for name in &doomed_names(headers, doomed) {
+        headers.remove(name);
+    }
+}
+
+/// The names `doomed` picks, in one pass; allocates only when one is picked.
+fn doomed_names(
+    headers: &HeaderMap,
+    mut doomed: impl FnMut(&HeaderMap, &str) -> bool,
+) -> Vec<HeaderName> {
     let mut gone: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
         if doomed(headers, name.as_str()) {
             gone.push(name.clone());
         }
     }
-    for name in &gone {
-        headers.remove(name);
-    }
+    gone
 }
 
 /// Whether a `TE` header asks for trailers (`TE: trailers` is end-to-end in meaning for
@@ -128,11 +178,16 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// Removes the hop-by-hop headers and those `also` picks, in one pass; `TE: trailers`
 /// is kept.
 fn remove_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
-    let has_connection = headers.contains_key(header::CONNECTION);
     let keep_te_trailers = headers.contains_key(header::TE) && wants_trailers(headers);
-    remove_where(headers, |h, name| {
-        is_hop_by_hop(h, has_connection, name) || also(name)
-    });
+    let gone = {
+        let named = ConnectionNamed::of(headers);
+        doomed_names(headers, |h, name| {
+            named.is_hop_by_hop(h, name) || also(name)
+        })
+    };
+    for name in &gone {
+        headers.remove(name);
+    }
     if keep_te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -183,6 +238,30 @@ fn join_chain(chain: &[IpAddr], mut each: impl FnMut(&mut String, IpAddr)) -> Op
         each(&mut out, ip.to_canonical());
     }
     HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
+}
+
+/// Appends `ip` in its usual text form; an IPv4 address (every request's
+/// `X-Forwarded-For`) without the formatting machinery.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// Sets `name` to `value`, or removes it when there is no value.
@@ -264,20 +343,14 @@ fn write_forwarding(
             for n in SINGLE_ADDRESS_NAMES {
                 if headers.contains_key(&n) {
                     let v = value
-                        .get_or_insert_with(|| {
-                            join_chain(std::slice::from_ref(client), |out, ip| {
-                                let _ = write!(out, "{ip}");
-                            })
-                        })
+                        .get_or_insert_with(|| join_chain(std::slice::from_ref(client), push_ip))
                         .clone();
                     set_or_remove(headers, n, v);
                 }
             }
         }
     }
-    let xff = join_chain(chain, |out, ip| {
-        let _ = write!(out, "{ip}");
-    });
+    let xff = join_chain(chain, push_ip);
     set_or_remove(headers, X_FORWARDED_FOR, xff);
     if !peer_trusted || !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -322,6 +395,40 @@ mod tests {
         left.sort();
         assert_eq!(left, vec!["accept", "te"]);
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn ip_text_is_the_standard_form() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "192.0.2.255",
+            "255.255.255.255",
+            "2001:db8::1",
+        ] {
+            let mut out = String::new();
+            push_ip(&mut out, ip.parse().unwrap());
+            assert_eq!(out, ip);
+        }
+    }
+
+    #[test]
+    fn every_header_connection_names_goes_however_many_it_names() {
+        // More names than are kept inline, over two Connection headers, any case.
+        let named = ["a-1", "a-2", "a-3", "a-4", "a-5", "a-6"];
+        let mut pairs = vec![
+            ("connection", "A-1, a-2, close"),
+            ("connection", "A-3,a-4 , A-5, a-6, X-Forwarded-For"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("close", "x"),
+            ("accept", "*/*"),
+        ];
+        pairs.extend(named.iter().map(|n| (*n, "1")));
+        let mut h = map(&pairs);
+        remove_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        left.sort();
+        assert_eq!(left, vec!["accept", "x-forwarded-for"]);
     }
 
     #[test]

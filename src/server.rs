@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
@@ -60,25 +60,46 @@ pub async fn bind(gate: &Gate) -> Result<Vec<TcpListener>, ServerError> {
     Ok(out)
 }
 
-/// Activity of one connection, for the idle watchdog.
+/// Activity of one connection, for the idle watchdog: counts only, so a request reads
+/// no clock for it; the watchdog notices a change at its next tick.
 struct Activity {
-    started: Instant,
-    last_ms: AtomicU64,
     in_flight: AtomicUsize,
     /// Requests started on this connection.
     requests: AtomicU64,
+    /// Requests finished on this connection.
+    finished: AtomicU64,
 }
 
 impl Activity {
-    fn touch(&self) {
-        self.last_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    /// Requests started plus finished: unchanged between two ticks means no request
+    /// started or finished in between.
+    fn events(&self) -> u64 {
+        self.requests
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.finished.load(Ordering::Relaxed))
     }
-    fn idle_for(&self) -> Duration {
-        let last = self.last_ms.load(Ordering::Relaxed);
-        self.started
-            .elapsed()
-            .saturating_sub(Duration::from_millis(last))
+}
+
+/// The idle watchdog's view of one connection: since when its counts have not moved.
+struct Quiet {
+    seen: u64,
+    since: tokio::time::Instant,
+}
+
+impl Quiet {
+    /// Whether the connection has been idle for `idle` at `now`: no request in flight,
+    /// and none started or finished since a tick at least `idle` ago. A change is
+    /// dated to the tick that sees it, so a connection is never closed early (at most
+    /// two ticks late).
+    fn idle_at(&mut self, a: &Activity, now: tokio::time::Instant, idle: Duration) -> bool {
+        let events = a.events();
+        if events != self.seen {
+            self.seen = events;
+            self.since = now;
+            return false;
+        }
+        a.in_flight.load(Ordering::Relaxed) == 0
+            && now.saturating_duration_since(self.since) >= idle
     }
 }
 
@@ -517,11 +538,14 @@ where
     } = conn;
     let cfg = gate.config();
     let activity = Arc::new(Activity {
-        started: Instant::now(),
-        last_ms: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         requests: AtomicU64::new(0),
+        finished: AtomicU64::new(0),
     });
+    let mut quiet = Quiet {
+        seen: 0,
+        since: tokio::time::Instant::now(),
+    };
     // Idle means no request started or finished: bytes alone (an HTTP/2 PING, say)
     // do not keep a connection open.
 
@@ -537,11 +561,10 @@ where
         let act = act.clone();
         act.in_flight.fetch_add(1, Ordering::Relaxed);
         act.requests.fetch_add(1, Ordering::Relaxed);
-        act.touch();
         async move {
             let r = svc.oneshot(req).await;
             act.in_flight.fetch_sub(1, Ordering::Relaxed);
-            act.touch();
+            act.finished.fetch_add(1, Ordering::Relaxed);
             r
         }
     });
@@ -620,7 +643,7 @@ where
                 }
             }
             ConnEvent::Tick => {
-                if activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle {
+                if quiet.idle_at(&activity, tokio::time::Instant::now(), idle) {
                     tracing::debug!(peer = %peer, "idle connection closed");
                     conn.as_mut().graceful_shutdown();
                     let by = tokio::time::Instant::now() + cfg.limits.header_read_timeout.0;
@@ -676,6 +699,32 @@ mod tests {
         let b = fd_budget(Some(256), 10_000, 1024);
         assert!(b.connections + b.upstream <= 256 - 64, "{b:?}");
         assert!(b.connections >= 1 && b.upstream >= 1);
+    }
+
+    #[test]
+    fn a_connection_is_idle_only_after_a_quiet_idle_timeout_with_nothing_in_flight() {
+        let a = Activity {
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+        };
+        let t0 = tokio::time::Instant::now();
+        let idle = Duration::from_secs(60);
+        let mut q = Quiet { seen: 0, since: t0 };
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(!q.idle_at(&a, at(59), idle));
+        // A request started at 50 s is seen at the 61 s tick: quiet from there.
+        a.requests.fetch_add(1, Ordering::Relaxed);
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        assert!(!q.idle_at(&a, at(61), idle));
+        // Still in flight a long time later: not idle.
+        assert!(!q.idle_at(&a, at(200), idle));
+        // It finishes: quiet again from the tick that sees it.
+        a.in_flight.fetch_sub(1, Ordering::Relaxed);
+        a.finished.fetch_add(1, Ordering::Relaxed);
+        assert!(!q.idle_at(&a, at(210), idle));
+        assert!(!q.idle_at(&a, at(269), idle));
+        assert!(q.idle_at(&a, at(270), idle));
     }
 
     #[tokio::test]

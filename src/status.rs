@@ -136,18 +136,20 @@ impl Activity {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |t| t.as_millis() as u64);
         let col = column(d);
-        let rule = d.by.name();
-        let entry = || RecentDecision {
+        // The snapshot's own name for a rule, one shared name for each fixed kind: the
+        // per-minute row is found by pointer, and nothing is allocated.
+        let rule: Arc<str> = match &d.by {
+            crate::DecidedBy::Rule { name, .. } => name.clone(),
+            other => FIXED_NAMES
+                .get(other.slot())
+                .cloned()
+                .unwrap_or_else(|| Arc::from(other.name())),
+        };
+        let entry = |rule: Arc<str>| RecentDecision {
             time_ms: now_ms,
             client: d.client_ip,
             decision: COLUMNS[col],
-            rule: match &d.by {
-                crate::DecidedBy::Rule { name, .. } => name.clone(),
-                other => FIXED_NAMES
-                    .get(other.slot())
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from(other.name())),
-            },
+            rule,
             reason: d.reason.clone(),
         };
         let minute = now_ms / 60_000;
@@ -162,19 +164,23 @@ impl Activity {
             }
         }
         if let Some(m) = st.minutes.back_mut() {
-            match m.by_rule.iter_mut().find(|(r, _)| &**r == rule) {
+            match m
+                .by_rule
+                .iter_mut()
+                .find(|(r, _)| Arc::ptr_eq(r, &rule) || **r == *rule)
+            {
                 Some((_, c)) => c[col] += 1,
                 None => {
                     let mut c = [0; 3];
                     c[col] = 1;
-                    m.by_rule.push((Arc::from(rule), c));
+                    m.by_rule.push((rule.clone(), c));
                 }
             }
         }
         if st.recent.len() == RECENT {
             st.recent.pop_front();
         }
-        let e = entry();
+        let e = entry(rule);
         if col != 0 {
             if st.blocked.len() == RECENT {
                 st.blocked.pop_front();
