@@ -39,7 +39,7 @@ use tower_service::Service;
 
 use crate::decision::Decision;
 use crate::gate::Gate;
-use crate::snapshot::{Pinned, Snapshot};
+use crate::snapshot::Snapshot;
 
 /// The connection's peer address, for servers that do not provide axum's
 /// `ConnectInfo<SocketAddr>`. Trusted proxies and forwarding headers still apply to it.
@@ -57,8 +57,6 @@ pub type BlockAnswer = Arc<dyn Fn(&Decision, &HeaderMap) -> Response<Full<Bytes>
 pub struct GateLayer {
     gate: Gate,
     block: Option<BlockAnswer>,
-    /// Hand the request's snapshot to the inner service (the gateway's proxy).
-    pin: bool,
 }
 
 impl std::fmt::Debug for GateLayer {
@@ -72,19 +70,7 @@ impl std::fmt::Debug for GateLayer {
 impl GateLayer {
     /// A layer over `gate`; blocked requests get the configured `block_response`.
     pub fn new(gate: Gate) -> Self {
-        GateLayer {
-            gate,
-            block: None,
-            pin: false,
-        }
-    }
-
-    /// Puts the snapshot the request was decided on into its extensions, so the
-    /// gateway's proxy forwards under the same configuration.
-    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
-    pub(crate) fn pinning(mut self) -> Self {
-        self.pin = true;
-        self
+        GateLayer { gate, block: None }
     }
 
     /// Answers blocked requests with `f` instead of the configured `block_response`.
@@ -110,7 +96,6 @@ impl<S> Layer<S> for GateLayer {
         GateService {
             gate: self.gate.clone(),
             block: self.block.clone(),
-            pin: self.pin,
             inner,
         }
     }
@@ -121,7 +106,6 @@ impl<S> Layer<S> for GateLayer {
 pub struct GateService<S> {
     gate: Gate,
     block: Option<BlockAnswer>,
-    pin: bool,
     inner: S,
 }
 
@@ -168,34 +152,71 @@ where
         let snapshot = self.gate.snapshot();
         let gate = self.gate.clone();
         let block = self.block.clone();
-        let pin = self.pin;
         Box::pin(async move {
             let peer = peer_of(&req);
-            let decision = match peer {
-                Some(peer) => snapshot.decide_request(peer, req.headers()).await,
-                None => {
-                    tracing::warn!("{NO_PEER}");
-                    snapshot.refuse_invalid(IpAddr::from([0, 0, 0, 0]), Arc::from(NO_PEER))
+            match guard(&gate, &snapshot, peer, Head::of(&req), block.as_ref()).await {
+                Guarded::Refused(resp) => Ok(resp.map(Either::Right)),
+                Guarded::Passed(decision) => {
+                    req.extensions_mut().insert(decision);
+                    inner.call(req).await.map(|r| r.map(Either::Left))
                 }
-            };
-            log_decision(&req, peer, &decision);
-            gate.activity().record(&decision);
-            if decision.is_blocked() {
-                let resp = match &block {
-                    Some(f) => f(&decision, req.headers()),
-                    None => block_response(&snapshot, &decision, req.headers().get(header::ACCEPT)),
-                };
-                return Ok(resp.map(Either::Right));
             }
-            // One extension either way: the gateway's proxy takes the decision and the
-            // snapshot together; an application's handlers read the decision.
-            if pin {
-                req.extensions_mut().insert(Pinned(snapshot, decision));
-            } else {
-                req.extensions_mut().insert(decision);
-            }
-            inner.call(req).await.map(|r| r.map(Either::Left))
         })
+    }
+}
+
+/// What the gate reads of a request (borrowed: the body stays with the request).
+#[derive(Clone, Copy)]
+pub(crate) struct Head<'r> {
+    pub(crate) method: &'r http::Method,
+    pub(crate) uri: &'r http::Uri,
+    pub(crate) headers: &'r HeaderMap,
+}
+
+impl<'r> Head<'r> {
+    pub(crate) fn of<B>(req: &'r Request<B>) -> Head<'r> {
+        Head {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+        }
+    }
+}
+
+/// What the gate made of one request.
+pub(crate) enum Guarded {
+    /// Let through, with the decision.
+    Passed(Decision),
+    /// Refused: the answer to send.
+    Refused(Response<Full<Bytes>>),
+}
+
+/// Decides for a request on `snapshot` (the peer as the server saw it), logs and
+/// records the decision, and builds the answer to a refused request (`block`, else the
+/// configured block response). The layer and the gateway's own service share it.
+pub(crate) async fn guard(
+    gate: &Gate,
+    snapshot: &Snapshot,
+    peer: Option<IpAddr>,
+    req: Head<'_>,
+    block: Option<&BlockAnswer>,
+) -> Guarded {
+    let decision = match peer {
+        Some(peer) => snapshot.decide_request(peer, req.headers).await,
+        None => {
+            tracing::warn!("{NO_PEER}");
+            snapshot.refuse_invalid(IpAddr::from([0, 0, 0, 0]), Arc::from(NO_PEER))
+        }
+    };
+    log_decision(req, peer, &decision);
+    gate.activity().record(&decision);
+    if decision.is_blocked() {
+        Guarded::Refused(match block {
+            Some(f) => f(&decision, req.headers),
+            None => block_response(snapshot, &decision, req.headers.get(header::ACCEPT)),
+        })
+    } else {
+        Guarded::Passed(decision)
     }
 }
 
@@ -212,20 +233,20 @@ impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
     }
 }
 
-fn header_str<B>(req: &Request<B>, name: header::HeaderName) -> Option<&str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok())
+fn header_str(req: Head<'_>, name: header::HeaderName) -> Option<&str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// The request's host: the `Host` header, else the authority of its URI (HTTP/2).
-fn host_of<B>(req: &Request<B>) -> Option<&str> {
-    header_str(req, header::HOST).or_else(|| req.uri().authority().map(|a| a.as_str()))
+fn host_of(req: Head<'_>) -> Option<&str> {
+    header_str(req, header::HOST).or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
 /// One line per decided request (README.md, "Observability"): INFO for a blocked
 /// request and for one `mode: dry_run` lets through but would block, DEBUG for an
 /// allowed one. The fields are evaluated only when the line is enabled. The path is
 /// logged without its query string (which may carry tokens).
-fn log_decision<B>(req: &Request<B>, peer: Option<IpAddr>, d: &Decision) {
+fn log_decision(req: Head<'_>, peer: Option<IpAddr>, d: &Decision) {
     if d.verdict == crate::config::Action::Block {
         let mode = if d.is_blocked() { "enforce" } else { "dry_run" };
         let message = if d.is_blocked() {
@@ -236,9 +257,9 @@ fn log_decision<B>(req: &Request<B>, peer: Option<IpAddr>, d: &Decision) {
         tracing::info!(
             client = %d.client_ip,
             peer = %OrDash(peer),
-            method = %req.method(),
+            method = %req.method,
             host = %OrDash(host_of(req)),
-            path = %req.uri().path(),
+            path = %req.uri.path(),
             user_agent = %OrDash(header_str(req, header::USER_AGENT)),
             rule = %d.by,
             reason = %d.reason,
@@ -249,9 +270,9 @@ fn log_decision<B>(req: &Request<B>, peer: Option<IpAddr>, d: &Decision) {
         tracing::debug!(
             client = %d.client_ip,
             peer = %OrDash(peer),
-            method = %req.method(),
+            method = %req.method,
             host = %OrDash(host_of(req)),
-            path = %req.uri().path(),
+            path = %req.uri.path(),
             user_agent = %OrDash(header_str(req, header::USER_AGENT)),
             rule = %d.by,
             "request allowed"

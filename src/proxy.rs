@@ -1,7 +1,6 @@
 //! Forwarding to the upstream: streamed bodies both ways, header hygiene, X-Forwarded-*,
 //! WebSocket upgrades, 502 on upstream failure and 504 on upstream timeout.
 
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,20 +9,17 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
-use tower_service::Service;
 
 use crate::bans::Bans;
 use crate::decision::Decision;
 use crate::headers;
-use crate::layer::ClientIp;
-use crate::snapshot::Pinned;
+use crate::snapshot::Snapshot;
 use crate::upstream_pool::{Lease, Pool};
 
 /// The proxy's response body: the upstream's, streamed as it comes, or a short text of
@@ -211,37 +207,23 @@ fn upgrade_protocol(req_headers: &http::HeaderMap) -> Option<HeaderValue> {
     }
 }
 
-impl Service<Request<Incoming>> for Proxy {
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.forward(req).await) })
-    }
-}
-
 impl Proxy {
-    async fn forward(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        let Some(Pinned(live, decision)) = req.extensions_mut().remove::<Pinned>() else {
-            tracing::error!("a request reached the proxy without a decision");
-            return text_response(StatusCode::INTERNAL_SERVER_ERROR, "no decision\n");
-        };
+    /// Forwards a request the gate let through: `live` is the snapshot it was decided
+    /// on, `peer` the connection's peer, `conn_slot` the connection's slot when the
+    /// request asks for an upgrade (a tunnel takes it).
+    pub(crate) async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        live: &Snapshot,
+        decision: &Decision,
+        peer: IpAddr,
+        conn_slot: Option<ConnSlot>,
+    ) -> Response<ProxyBody> {
         let Some(upstream) = live.upstream() else {
             crate::metrics::upstream_error("no_upstream");
             return text_response(StatusCode::BAD_GATEWAY, "no upstream configured\n");
         };
         let cfg = live.config();
-        let peer = req
-            .extensions()
-            .get::<ClientIp>()
-            .map(|c| c.0)
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
 
         // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host.
         if req.version() == Version::HTTP_11
@@ -251,7 +233,6 @@ impl Proxy {
         }
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let conn_slot = req.extensions_mut().remove::<ConnSlot>();
 
         let orig_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
@@ -293,7 +274,7 @@ impl Proxy {
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         if cfg.upstream_headers {
-            enrich(h, &decision);
+            enrich(h, decision);
         }
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;

@@ -8,6 +8,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::gate::Gate;
+use crate::layer::{Guarded, Head, guard};
+use crate::proxy::{ConnSlot, Proxy, ProxyBody};
+use crate::side_wake::SideWake;
+pub use crate::tls::{TlsError, tls_acceptor};
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -16,14 +21,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
-use tower_layer::Layer;
-
-use crate::gate::Gate;
-use crate::layer::ClientIp;
-use crate::proxy::{ConnSlot, Proxy};
-use crate::side_wake::SideWake;
-pub use crate::tls::{TlsError, tls_acceptor};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +74,44 @@ impl Activity {
         self.requests
             .load(Ordering::Relaxed)
             .wrapping_add(self.finished.load(Ordering::Relaxed))
+    }
+}
+
+/// One connection's requests: the gate's decision (the same as the layer's, with the
+/// connection's peer), then the proxy, on the snapshot the request was decided on. No
+/// tower stack in between: nothing boxed, no extensions, per request.
+struct ConnService {
+    gate: Gate,
+    proxy: Proxy,
+    peer_ip: IpAddr,
+    /// Only an upgrade takes the connection's slot into a tunnel.
+    slot: ConnSlot,
+    activity: Arc<Activity>,
+}
+
+impl ConnService {
+    async fn serve(&self, req: Request<Incoming>) -> http::Response<ProxyBody> {
+        let snapshot = self.gate.snapshot();
+        match guard(
+            &self.gate,
+            &snapshot,
+            Some(self.peer_ip),
+            Head::of(&req),
+            None,
+        )
+        .await
+        {
+            Guarded::Refused(resp) => resp.map(ProxyBody::Local),
+            Guarded::Passed(decision) => {
+                let slot = req
+                    .headers()
+                    .contains_key(http::header::UPGRADE)
+                    .then(|| self.slot.clone());
+                self.proxy
+                    .forward(req, &snapshot, &decision, self.peer_ip, slot)
+                    .await
+            }
+        }
     }
 }
 
@@ -549,23 +584,22 @@ where
     // Idle means no request started or finished: bytes alone (an HTTP/2 PING, say)
     // do not keep a connection open.
 
-    let guarded = gate.layer().pinning().layer(proxy);
-    let act = activity.clone();
-    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(ClientIp(peer_ip));
-        // Only an upgrade takes the connection's slot into a tunnel.
-        if req.headers().contains_key(http::header::UPGRADE) {
-            req.extensions_mut().insert(slot.clone());
-        }
-        let svc = guarded.clone();
-        let act = act.clone();
-        act.in_flight.fetch_add(1, Ordering::Relaxed);
-        act.requests.fetch_add(1, Ordering::Relaxed);
+    let this = Arc::new(ConnService {
+        gate: gate.clone(),
+        proxy,
+        peer_ip,
+        slot,
+        activity: activity.clone(),
+    });
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let this = this.clone();
+        this.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        this.activity.requests.fetch_add(1, Ordering::Relaxed);
         async move {
-            let r = svc.oneshot(req).await;
-            act.in_flight.fetch_sub(1, Ordering::Relaxed);
-            act.finished.fetch_add(1, Ordering::Relaxed);
-            r
+            let resp = this.serve(req).await;
+            this.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+            this.activity.finished.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, std::convert::Infallible>(resp)
         }
     });
 

@@ -3,9 +3,9 @@
 //! A [`Snapshot`] is everything a request reads: the configuration, the client-IP
 //! resolver, the lists, the compiled policy, the feeds, the reputation source, the
 //! block page and the upstream. The gate swaps whole snapshots on reload; a request
-//! takes one at its start and keeps it to its end (the layer hands it to the proxy as a
-//! [`Pinned`] extension), so a reload in the middle of a look-up never mixes two
-//! policies, and the request is forwarded with the settings it was decided under.
+//! takes one at its start and keeps it to its end (the gateway hands it to the proxy with
+//! the decision), so a reload in the middle of a look-up never mixes two policies, and
+//! the request is forwarded with the settings it was decided under.
 //!
 //! Deciding has two steps: [`Snapshot::decide_now`] does everything that needs no
 //! waiting (bans, lists, local facts, a fresh cached answer); only when a rule needs
@@ -96,11 +96,6 @@ pub(crate) enum Step {
         started: Option<Instant>,
     },
 }
-
-/// The snapshot a request was decided on, carried in its extensions to the proxy.
-#[derive(Clone)]
-#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
-pub(crate) struct Pinned(pub(crate) Arc<Snapshot>, pub(crate) Decision);
 
 /// Everything a decision reads, swapped as a whole on reload.
 pub(crate) struct Snapshot {

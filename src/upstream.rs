@@ -25,6 +25,8 @@ pub enum UpstreamError {
 /// The upstream: scheme, authority and an optional path prefix.
 #[derive(Debug, Clone)]
 pub(crate) struct Upstream {
+    /// Read by the gateway's proxy only.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     scheme: Scheme,
     authority: Authority,
     /// The authority as a `Host` value (made once, not per request).
