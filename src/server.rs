@@ -115,6 +115,52 @@ impl ConnService {
     }
 }
 
+/// One request of a connection, counted in its [`Activity`] from its start until this
+/// is dropped: with the response body (sent, or given up), or with the request's
+/// future when it never got a response.
+struct InFlight(Arc<ConnService>);
+
+impl InFlight {
+    fn start(conn: Arc<ConnService>) -> InFlight {
+        conn.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        conn.activity.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(conn)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.activity.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request in flight until it is dropped.
+struct ConnBody {
+    inner: ProxyBody,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for ConnBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The idle watchdog's view of one connection: since when its counts have not moved.
 struct Quiet {
     seen: u64,
@@ -592,14 +638,15 @@ where
         activity: activity.clone(),
     });
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let this = this.clone();
-        this.activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        this.activity.requests.fetch_add(1, Ordering::Relaxed);
+        // In flight until the response body has been sent (or the request given up):
+        // a long download or event stream is not an idle connection.
+        let in_flight = InFlight::start(this.clone());
         async move {
-            let resp = this.serve(req).await;
-            this.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
-            this.activity.finished.fetch_add(1, Ordering::Relaxed);
-            Ok::<_, std::convert::Infallible>(resp)
+            let resp = in_flight.0.serve(req).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|inner| ConnBody {
+                inner,
+                _in_flight: in_flight,
+            }))
         }
     });
 

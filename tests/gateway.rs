@@ -387,6 +387,25 @@ async fn idle_keep_alive_connections_are_closed() {
     gw.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_response_body_longer_than_the_idle_timeout_is_not_cut() {
+    // The body takes 1.2 s; the connection is idle (no request started or finished)
+    // for 200 ms several times over while it streams, and a graceful close would be
+    // forced after header_read_timeout.
+    let up = upstream::start().await;
+    let gw = TestGateway::start(
+        &format!("{BASE}limits: {{ idle_timeout: 200ms, header_read_timeout: 200ms }}\n"),
+        &up.url(),
+    )
+    .await;
+    let resp = client().get(gw.url("/drip")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.expect("the body was cut");
+    let want: String = (0..12).map(|i| format!("{i:02}\n")).collect();
+    assert_eq!(body, want);
+    gw.shutdown().await;
+}
+
 /// Sends `GET path` on `s` and reads the whole answer (head and a `Content-Length`
 /// body); None when it did not come within `within`.
 async fn exchange(s: &mut TcpStream, path: &str, within: Duration) -> Option<String> {

@@ -81,6 +81,22 @@ async fn slow(State(rec): State<Recorder>, req: Request) -> impl IntoResponse {
     "slow done"
 }
 
+/// Twelve lines, `00` to `11`, one every 100 ms: a response whose body outlasts short
+/// timeouts.
+async fn drip() -> impl IntoResponse {
+    let lines = futures_util::stream::unfold(0u32, |i| async move {
+        if i == 12 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(format!("{i:02}\n"))),
+            i + 1,
+        ))
+    });
+    axum::body::Body::from_stream(lines)
+}
+
 async fn ws(ws: WebSocketUpgrade) -> impl IntoResponse {
     ws.on_upgrade(|mut socket| async move {
         while let Some(Ok(msg)) = socket.recv().await {
@@ -98,12 +114,14 @@ async fn ws(ws: WebSocketUpgrade) -> impl IntoResponse {
 }
 
 /// Starts the upstream on 127.0.0.1:0: `/ws` echoes WebSocket messages, `/slow` answers
-/// after 1.5 s, everything else echoes the body and records the request.
+/// after 1.5 s, `/drip` sends its body over 1.2 s, everything else echoes the body and
+/// records the request.
 pub async fn start() -> TestUpstream {
     let seen = Recorder::default();
     let app = Router::new()
         .route("/ws", get(ws))
         .route("/slow", any(slow))
+        .route("/drip", get(drip))
         .fallback(record)
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
