@@ -133,10 +133,13 @@ where
         mut req: Request<B>,
     ) -> Result<(Response<Incoming>, Lease<C, B>), PoolError> {
         loop {
+            // Waiting for a permit and connecting are the rare paths: boxed, so the
+            // future of every request (moved a few times on its way into hyper) stays
+            // small (2 KB less).
             let (mut sender, reused) = match self.take(key) {
                 Some(s) => (s, true),
-                None => match self.permit(key).await? {
-                    Some(permit) => (self.connect(key, permit).await?, false),
+                None => match Box::pin(self.permit(key)).await? {
+                    Some(permit) => (Box::pin(self.connect(key, permit)).await?, false),
                     // A connection came back meanwhile.
                     None => continue,
                 },
