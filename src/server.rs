@@ -168,19 +168,18 @@ struct Quiet {
 }
 
 impl Quiet {
-    /// Whether the connection has been idle for `idle` at `now`: no request in flight,
-    /// and none started or finished since a tick at least `idle` ago. A change is
-    /// dated to the tick that sees it, so a connection is never closed early (at most
-    /// two ticks late).
-    fn idle_at(&mut self, a: &Activity, now: tokio::time::Instant, idle: Duration) -> bool {
+    /// How long the connection has been quiet at `now`: no request in flight, and none
+    /// started or finished since then (`None` while one is in flight). A change is
+    /// dated to the tick that sees it, so a timeout never fires early (at most two
+    /// ticks late).
+    fn quiet_for(&mut self, a: &Activity, now: tokio::time::Instant) -> Option<Duration> {
         let events = a.events();
         if events != self.seen {
             self.seen = events;
             self.since = now;
-            return false;
         }
-        a.in_flight.load(Ordering::Relaxed) == 0
-            && now.saturating_duration_since(self.since) >= idle
+        (a.in_flight.load(Ordering::Relaxed) == 0)
+            .then(|| now.saturating_duration_since(self.since))
     }
 }
 
@@ -438,7 +437,7 @@ async fn serve_connection(
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What the first bytes of a connection are.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sniffed {
     /// The HTTP/2 preface.
     Http2,
@@ -600,11 +599,11 @@ impl Conn {
             return;
         }
         let io = Replay { head, pos: 0, io };
-        serve_io(io, self).await
+        serve_io(io, self, sniffed == Sniffed::Http1).await
     }
 }
 
-async fn serve_io<I>(io: I, conn: Conn)
+async fn serve_io<I>(io: I, conn: Conn, http1: bool)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -651,11 +650,9 @@ where
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.limits.header_read_timeout.0)
-        .keep_alive(true);
+    // header_read_timeout between HTTP/1.1 requests is the watchdog's (below), not a
+    // timer hyper would arm and drop for every request.
+    builder.http1().header_read_timeout(None).keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -663,7 +660,11 @@ where
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let idle = cfg.limits.idle_timeout.0;
-    let tick = (idle / 4).max(Duration::from_millis(50));
+    let header_read = cfg.limits.header_read_timeout.0;
+    // HTTP/1.1: the next request's head must be complete within header_read_timeout
+    // of the previous response (its body included), as with hyper's own timer.
+    let head_by = http1.then_some(header_read);
+    let tick = (head_by.map_or(idle, |h| h.min(idle)) / 4).max(Duration::from_millis(50));
     // Once closing gracefully (GOAWAY, or the end of keep-alive), the connection gets
     // this long before it is dropped: a client that never acknowledges the GOAWAY's
     // PING, or never reads, cannot hold its slot.
@@ -724,7 +725,14 @@ where
                 }
             }
             ConnEvent::Tick => {
-                if quiet.idle_at(&activity, tokio::time::Instant::now(), idle) {
+                let quiet_for = quiet.quiet_for(&activity, tokio::time::Instant::now());
+                if let (Some(q), Some(h)) = (quiet_for, head_by)
+                    && q >= h
+                {
+                    tracing::debug!(peer = %peer, "no request head within header_read_timeout; connection closed");
+                    break;
+                }
+                if quiet_for.is_some_and(|q| q >= idle) {
                     tracing::debug!(peer = %peer, "idle connection closed");
                     conn.as_mut().graceful_shutdown();
                     let by = tokio::time::Instant::now() + cfg.limits.header_read_timeout.0;
@@ -793,19 +801,20 @@ mod tests {
         let idle = Duration::from_secs(60);
         let mut q = Quiet { seen: 0, since: t0 };
         let at = |s: u64| t0 + Duration::from_secs(s);
-        assert!(!q.idle_at(&a, at(59), idle));
+        let mut idle_at = |s: u64| q.quiet_for(&a, at(s)).is_some_and(|d| d >= idle);
+        assert!(!idle_at(59));
         // A request started at 50 s is seen at the 61 s tick: quiet from there.
         a.requests.fetch_add(1, Ordering::Relaxed);
         a.in_flight.fetch_add(1, Ordering::Relaxed);
-        assert!(!q.idle_at(&a, at(61), idle));
+        assert!(!idle_at(61));
         // Still in flight a long time later: not idle.
-        assert!(!q.idle_at(&a, at(200), idle));
+        assert!(!idle_at(200));
         // It finishes: quiet again from the tick that sees it.
         a.in_flight.fetch_sub(1, Ordering::Relaxed);
         a.finished.fetch_add(1, Ordering::Relaxed);
-        assert!(!q.idle_at(&a, at(210), idle));
-        assert!(!q.idle_at(&a, at(269), idle));
-        assert!(q.idle_at(&a, at(270), idle));
+        assert!(!idle_at(210));
+        assert!(!idle_at(269));
+        assert!(idle_at(270));
     }
 
     #[tokio::test]

@@ -388,6 +388,38 @@ async fn idle_keep_alive_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn slow_headers_after_a_keep_alive_request_are_cut_off() {
+    let up = upstream::start().await;
+    let gw = TestGateway::start(
+        &format!("{BASE}limits: {{ header_read_timeout: 300ms, idle_timeout: 30s }}\n"),
+        &up.url(),
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    assert!(get_raw(&mut s, "/", Duration::from_secs(5)).await.is_some());
+    // The second request's head never ends (a byte now and then, as slowloris does).
+    let started = std::time::Instant::now();
+    s.write_all(b"GET /second HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut cut = false;
+    for _ in 0..40 {
+        if s.write_all(b"X-Drip: 1\r\n").await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cut || closed_by_server(&mut s, Duration::from_secs(5)).await,
+        "a client that never finished its second request's headers was not cut off"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(up.seen.count(), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_response_body_longer_than_the_idle_timeout_is_not_cut() {
     // The body takes 1.2 s; the connection is idle (no request started or finished)
     // for 200 ms several times over while it streams, and a graceful close would be
