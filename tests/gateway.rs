@@ -308,6 +308,27 @@ async fn upstream_down_gives_502_and_slow_gives_504() {
 }
 
 #[tokio::test]
+async fn upstream_timeout_holds_for_each_request_of_a_keep_alive_connection() {
+    let up = upstream::start().await;
+    let gw = TestGateway::start(
+        &format!("{BASE}limits: {{ upstream_timeout: 300ms }}\n"),
+        &up.url(),
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..2 {
+        let fast = get_raw(&mut s, "/", Duration::from_secs(5)).await.unwrap();
+        assert!(fast.starts_with("HTTP/1.1 200"), "{fast}");
+    }
+    // The same connection's next request waits on an upstream that answers after 1.5 s.
+    let slow = get_raw(&mut s, "/slow", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(slow.starts_with("HTTP/1.1 504"), "{slow}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn hop_by_hop_and_gateway_headers_are_stripped() {
     let up = upstream::start().await;
     let gw = TestGateway::start(&format!("{BASE}upstream_headers: true\n"), &up.url()).await;
