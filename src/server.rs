@@ -8,11 +8,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use crate::gate::Gate;
-use crate::layer::{Guarded, Head, guard};
-use crate::proxy::{ConnSlot, Proxy, ProxyBody};
-use crate::side_wake::SideWake;
-pub use crate::tls::{TlsError, tls_acceptor};
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,6 +16,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
+
+use crate::gate::Gate;
+use crate::layer::{Guarded, Head, guard};
+use crate::proxy::{ConnSlot, Proxy, ProxyBody};
+use crate::side_wake::SideWake;
+pub use crate::tls::{TlsError, tls_acceptor};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
