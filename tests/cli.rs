@@ -977,3 +977,139 @@ async fn metrics_are_histograms_without_impossible_series() {
         }
     }
 }
+
+/// Names of the threads of process `pid` (`/proc/PID/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let comm = task.unwrap().path().join("comm");
+        if let Ok(name) = std::fs::read_to_string(comm) {
+            names.push(name.trim().to_string());
+        }
+    }
+    names
+}
+
+/// Starts `ipgate run -c policy` restricted to CPU 0 with `taskset` (None when the
+/// command is missing), with `env` added to its environment.
+async fn run_on_one_cpu(policy: &std::path::Path, env: &[(&str, &str)]) -> Option<common::Running> {
+    if Command::new("taskset").arg("-V").output().is_err() {
+        eprintln!("SKIPPED: `taskset` (util-linux) is missing; the one-CPU runtime is not tested");
+        return None;
+    }
+    let mut cmd = tokio::process::Command::new("taskset");
+    cmd.args(["-c", "0", BIN, "run", "-c", policy.to_str().unwrap()])
+        .envs(env.iter().copied())
+        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let (gateway, admin, stdout) = common::read_listening(&mut child, 1, true).await;
+    Some(common::Running {
+        child,
+        gateway,
+        admin,
+        stdout,
+    })
+}
+
+/// On one CPU the gateway runs its work on one thread (no work-stealing workers), and
+/// everything that spawns or waits still works there: concurrent look-ups coalesced
+/// into one provider call, the cache, the admin API, a graceful stop.
+/// `TOKIO_WORKER_THREADS` brings back the multi-threaded runtime.
+#[tokio::test]
+async fn on_one_cpu_the_gateway_serves_from_one_thread() {
+    use common::emulator::{Answer, Api, EmuKeys, Emulator, iocscout_threat};
+    const KEY: &str = "one-cpu-key";
+    let emu = Emulator::start(EmuKeys {
+        iocscout: KEY,
+        ipswamp: KEY,
+    })
+    .await;
+    emu.set_iocscout(
+        "198.51.100.66".parse().unwrap(),
+        Answer::Json(iocscout_threat(90, &["attack"])),
+    );
+    emu.set_fault(
+        Api::Iocscout,
+        common::emulator::Scope::All,
+        common::emulator::Fault::Delay(Duration::from_millis(200)),
+    );
+    let up = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("policy.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "listen: 127.0.0.1:0\nupstream: {}\nadmin: {{ listen: '127.0.0.1:0' }}\nclient_ip: {{ trusted_proxies: [127.0.0.1/32] }}\nproviders:\n  iocscout: {{ api_key: {KEY}, base_url: '{}' }}\nrules:\n  - {{ name: block-threats, when: {{ status: threat }}, action: block }}\n",
+            up.url(),
+            emu.iocscout_url()
+        ),
+    )
+    .unwrap();
+
+    let Some(mut run) = run_on_one_cpu(&f, &[]).await else {
+        return;
+    };
+    let workers = |pid| {
+        thread_names(pid)
+            .iter()
+            .filter(|n| n.starts_with("tokio-r"))
+            .count()
+    };
+    assert_eq!(
+        workers(run.pid()),
+        0,
+        "threads on one CPU: {:?}",
+        thread_names(run.pid())
+    );
+    let visit = |a: &'static str| {
+        let url = run.url("/");
+        async move {
+            common::client()
+                .get(url)
+                .header("x-forwarded-for", a)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // Eight requests at once for one new client: one call, the same answer for all.
+    let statuses = futures_util::future::join_all((0..8).map(|_| visit("198.51.100.66"))).await;
+    assert_eq!(statuses, vec![403; 8]);
+    assert_eq!(
+        emu.calls(Api::Iocscout),
+        1,
+        "the look-ups were not coalesced"
+    );
+    assert_eq!(
+        visit("198.51.100.66").await,
+        403,
+        "the answer was not cached"
+    );
+    assert_eq!(visit("198.51.100.67").await, 200);
+    assert_eq!(emu.calls(Api::Iocscout), 2);
+    let admin = format!("http://{}", run.admin.unwrap());
+    assert_eq!(
+        common::metric(&admin, "ipgate_cache_lookups_total{result=\"hit\"}").await,
+        1.0
+    );
+    common::kill("-TERM", run.pid());
+    let status = tokio::time::timeout(Duration::from_secs(10), run.child.wait())
+        .await
+        .expect("no graceful stop within 10 s")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let Some(run) = run_on_one_cpu(&f, &[("TOKIO_WORKER_THREADS", "1")]).await else {
+        return;
+    };
+    assert_eq!(
+        workers(run.pid()),
+        1,
+        "threads with TOKIO_WORKER_THREADS=1: {:?}",
+        thread_names(run.pid())
+    );
+}

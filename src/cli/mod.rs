@@ -86,6 +86,19 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// The runtime: one thread when the process may use one CPU (a container limited to
+/// one core, a pinned process), where a work-stealing scheduler has no one to steal
+/// from and only costs; a worker per CPU otherwise. `TOKIO_WORKER_THREADS` set in the
+/// environment always selects the multi-threaded runtime with that many workers.
+fn runtime_builder() -> tokio::runtime::Builder {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if cpus == 1 && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // One-shot commands print their answer; their logs only matter when something is wrong.
@@ -96,10 +109,7 @@ pub fn main() -> ExitCode {
         Command::Check { .. } | Command::Validate { .. } => "ipgate=warn",
     };
     init_tracing(cli.log_format, default_level);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
