@@ -55,6 +55,8 @@ mod layer;
 pub mod fuzzing;
 
 #[cfg(feature = "gateway")]
+mod accept_threads;
+#[cfg(feature = "gateway")]
 pub mod admin;
 #[cfg(feature = "gateway")]
 mod headers;

@@ -42,6 +42,9 @@ pub enum ServerError {
         "`upstream` is required to run the gateway (set it in the config, or use --upstream / IPGATE_UPSTREAM)"
     )]
     NoUpstream,
+    /// The extra accept threads cannot be started, or cannot share a listener.
+    #[error("cannot start the accept threads")]
+    Threads(#[source] io::Error),
 }
 
 /// Binds every `listen` address of the gate's configuration. Raises the soft
@@ -185,15 +188,31 @@ impl Quiet {
 }
 
 /// Serves the gateway on `listeners` until `shutdown` resolves, then drains in-flight
-/// requests for at most `shutdown_grace`.
+/// requests for at most `shutdown_grace`. Connections are served on the caller's runtime.
 pub async fn serve(
     gate: Gate,
     listeners: Vec<TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    serve_threads(gate, listeners, shutdown, 1).await
+}
+
+/// As [`serve`], with connections accepted and served on `threads` threads: the caller's
+/// runtime and `threads - 1` more, each with a one-thread runtime of its own and every
+/// listener. A connection stays on the thread that accepted it. With a one-thread
+/// runtime for the caller and one thread per CPU, this is a thread-per-core server
+/// (`ipgate run` does so when it may use more than one CPU).
+pub async fn serve_threads(
+    gate: Gate,
+    listeners: Vec<TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+    threads: usize,
+) -> Result<(), ServerError> {
     if gate.config().upstream.is_none() {
         return Err(ServerError::NoUpstream);
     }
+    let extra = crate::accept_threads::AcceptThreads::start(threads.saturating_sub(1))
+        .map_err(ServerError::Threads)?;
     let limits = &gate.config().limits;
     let budget = fd_budget(
         raise_nofile_limit(),
@@ -221,7 +240,32 @@ pub async fn serve(
     let mut accept_tasks = Vec::new();
     for listener in listeners {
         let addr = listener.local_addr().map_or("?".into(), |a| a.to_string());
-        tracing::info!(listen = %addr, "gateway listening");
+        tracing::info!(listen = %addr, threads = threads.max(1), "gateway listening");
+        let listener = if extra.is_empty() {
+            listener
+        } else {
+            // Each thread's runtime polls its own registration of the same socket.
+            let shared = listener.into_std().map_err(ServerError::Threads)?;
+            for handle in extra.handles() {
+                let copy = shared.try_clone().map_err(ServerError::Threads)?;
+                let (gate, proxy, permits, stop, tls) = (
+                    gate.clone(),
+                    proxy.clone(),
+                    permits.clone(),
+                    stop_rx.clone(),
+                    tls.clone(),
+                );
+                accept_tasks.push(handle.spawn(async move {
+                    match TcpListener::from_std(copy) {
+                        Ok(l) => accept_loop(l, gate, proxy, permits, stop, tls).await,
+                        Err(e) => {
+                            tracing::error!(error = %e, "an accept thread cannot poll the listener")
+                        }
+                    }
+                }));
+            }
+            TcpListener::from_std(shared).map_err(ServerError::Threads)?
+        };
         accept_tasks.push(tokio::spawn(accept_loop(
             listener,
             gate.clone(),
@@ -246,6 +290,7 @@ pub async fn serve(
         }
     }
     gate.close().await;
+    extra.stop().await;
     Ok(())
 }
 

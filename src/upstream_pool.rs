@@ -78,6 +78,20 @@ struct Idle<B> {
     key: PoolKey,
     sender: SendRequest<B>,
     since: Instant,
+    /// The thread whose runtime runs the connection's task ([`this_thread`]).
+    home: u64,
+}
+
+/// A number for the calling thread. A connection's task runs on the runtime of the
+/// thread that opened it: a request served on that thread uses it without waking
+/// another thread, so requests take their own thread's connections first.
+fn this_thread() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    ID.with(|id| *id)
 }
 
 impl<C, B> Shared<C, B> {
@@ -136,10 +150,14 @@ where
             // Waiting for a permit and connecting are the rare paths: boxed, so the
             // future of every request (moved a few times on its way into hyper) stays
             // small (2 KB less).
-            let (mut sender, reused) = match self.take(key) {
-                Some(s) => (s, true),
+            let (mut sender, home, reused) = match self.take(key) {
+                Some((s, home)) => (s, home, true),
                 None => match Box::pin(self.permit(key)).await? {
-                    Some(permit) => (Box::pin(self.connect(key, permit)).await?, false),
+                    Some(permit) => (
+                        Box::pin(self.connect(key, permit)).await?,
+                        this_thread(),
+                        false,
+                    ),
                     // A connection came back meanwhile.
                     None => continue,
                 },
@@ -158,6 +176,7 @@ where
                         pool: Arc::downgrade(&self.shared),
                         key: key.clone(),
                         sender: Some(sender),
+                        home,
                     };
                     return Ok((resp, lease));
                 }
@@ -170,14 +189,20 @@ where
         }
     }
 
-    /// The most recently returned open connection to `key`, if any.
-    fn take(&self, key: &PoolKey) -> Option<SendRequest<B>> {
+    /// The most recently returned open connection to `key`, if any (one of this
+    /// thread's first), with its home thread.
+    fn take(&self, key: &PoolKey) -> Option<(SendRequest<B>, u64)> {
         let mut idle = self.shared.lock();
         Shared::<C, B>::prune(&mut idle, self.shared.idle_timeout, Instant::now());
-        while let Some(pos) = idle.iter().rposition(|i| &i.key == key) {
+        let me = this_thread();
+        while let Some(pos) = idle
+            .iter()
+            .rposition(|i| i.home == me && &i.key == key)
+            .or_else(|| idle.iter().rposition(|i| &i.key == key))
+        {
             let Some(i) = idle.remove(pos) else { break };
             if !i.sender.is_closed() {
-                return Some(i.sender);
+                return Some((i.sender, i.home));
             }
         }
         None
@@ -306,6 +331,7 @@ pub(crate) struct Lease<C, B> {
     pool: Weak<Shared<C, B>>,
     key: PoolKey,
     sender: Option<SendRequest<B>>,
+    home: u64,
 }
 
 impl<C, B> Lease<C, B> {
@@ -321,6 +347,7 @@ impl<C, B> Lease<C, B> {
             key: self.key.clone(),
             sender,
             since: Instant::now(),
+            home: self.home,
         });
         pool.released.notify_one();
     }
@@ -463,6 +490,47 @@ mod tests {
         assert_eq!(finish(resp, lease).await, "hello");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(finish(slow, slow_lease).await, "part end");
+    }
+
+    #[tokio::test]
+    async fn a_request_takes_a_connection_of_its_own_thread_first() {
+        let (addr, accepted) = upstream().await;
+        let pool: TestPool = Pool::new(HttpConnector::new(), Duration::from_secs(30), 8);
+        let k = key(addr);
+        // A connection opened on another thread, whose runtime runs its task.
+        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+        let (p2, k2) = (pool.clone(), k.clone());
+        let other = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (r, l) = p2.send(&k2, get("/")).await.unwrap();
+                finish(r, l).await;
+                let _ = opened_tx.send(this_thread());
+                let _ = end_rx.await;
+            });
+        });
+        let other_home = opened_rx.await.unwrap();
+        assert_ne!(other_home, this_thread());
+        // Here, with none of its own, a request borrows it...
+        let (slow, slow_lease) = pool.send(&k, get("/slow")).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // ...while it is busy, a connection of this thread is opened...
+        let (resp, lease) = pool.send(&k, get("/")).await.unwrap();
+        assert_eq!(finish(resp, lease).await, "hello");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // ...and once both are idle (the other thread's returned last), this thread's
+        // own comes first.
+        assert_eq!(finish(slow, slow_lease).await, "part end");
+        let (_, home) = pool.take(&k).unwrap();
+        assert_eq!(home, this_thread());
+        let (_, home) = pool.take(&k).unwrap();
+        assert_eq!(home, other_home);
+        let _ = end_tx.send(());
+        other.join().unwrap();
     }
 
     #[tokio::test]

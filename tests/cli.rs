@@ -990,15 +990,19 @@ fn thread_names(pid: u32) -> Vec<String> {
     names
 }
 
-/// Starts `ipgate run -c policy` restricted to CPU 0 with `taskset` (None when the
-/// command is missing), with `env` added to its environment.
-async fn run_on_one_cpu(policy: &std::path::Path, env: &[(&str, &str)]) -> Option<common::Running> {
+/// Starts `ipgate run -c policy` restricted to `cpus` (a `taskset` list) with `env`
+/// added to its environment (None when `taskset` is missing).
+async fn run_on_cpus(
+    cpus: &str,
+    policy: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Option<common::Running> {
     if Command::new("taskset").arg("-V").output().is_err() {
         eprintln!("SKIPPED: `taskset` (util-linux) is missing; the one-CPU runtime is not tested");
         return None;
     }
     let mut cmd = tokio::process::Command::new("taskset");
-    cmd.args(["-c", "0", BIN, "run", "-c", policy.to_str().unwrap()])
+    cmd.args(["-c", cpus, BIN, "run", "-c", policy.to_str().unwrap()])
         .envs(env.iter().copied())
         .stderr(Stdio::null())
         .stdout(Stdio::piped())
@@ -1016,7 +1020,8 @@ async fn run_on_one_cpu(policy: &std::path::Path, env: &[(&str, &str)]) -> Optio
 /// On one CPU the gateway runs its work on one thread (no work-stealing workers), and
 /// everything that spawns or waits still works there: concurrent look-ups coalesced
 /// into one provider call, the cache, the admin API, a graceful stop.
-/// `TOKIO_WORKER_THREADS` brings back the multi-threaded runtime.
+/// `TOKIO_WORKER_THREADS` brings back the multi-threaded runtime; on two CPUs there is
+/// one serving thread per CPU.
 #[tokio::test]
 async fn on_one_cpu_the_gateway_serves_from_one_thread() {
     use common::emulator::{Answer, Api, EmuKeys, Emulator, iocscout_threat};
@@ -1048,7 +1053,7 @@ async fn on_one_cpu_the_gateway_serves_from_one_thread() {
     )
     .unwrap();
 
-    let Some(mut run) = run_on_one_cpu(&f, &[]).await else {
+    let Some(mut run) = run_on_cpus("0", &f, &[]).await else {
         return;
     };
     let workers = |pid| {
@@ -1063,7 +1068,7 @@ async fn on_one_cpu_the_gateway_serves_from_one_thread() {
         "threads on one CPU: {:?}",
         thread_names(run.pid())
     );
-    let visit = |a: &'static str| {
+    let visit = |run: &common::Running, a: &'static str| {
         let url = run.url("/");
         async move {
             common::client()
@@ -1077,7 +1082,8 @@ async fn on_one_cpu_the_gateway_serves_from_one_thread() {
         }
     };
     // Eight requests at once for one new client: one call, the same answer for all.
-    let statuses = futures_util::future::join_all((0..8).map(|_| visit("198.51.100.66"))).await;
+    let statuses =
+        futures_util::future::join_all((0..8).map(|_| visit(&run, "198.51.100.66"))).await;
     assert_eq!(statuses, vec![403; 8]);
     assert_eq!(
         emu.calls(Api::Iocscout),
@@ -1085,11 +1091,11 @@ async fn on_one_cpu_the_gateway_serves_from_one_thread() {
         "the look-ups were not coalesced"
     );
     assert_eq!(
-        visit("198.51.100.66").await,
+        visit(&run, "198.51.100.66").await,
         403,
         "the answer was not cached"
     );
-    assert_eq!(visit("198.51.100.67").await, 200);
+    assert_eq!(visit(&run, "198.51.100.67").await, 200);
     assert_eq!(emu.calls(Api::Iocscout), 2);
     let admin = format!("http://{}", run.admin.unwrap());
     assert_eq!(
@@ -1103,7 +1109,7 @@ async fn on_one_cpu_the_gateway_serves_from_one_thread() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 
-    let Some(run) = run_on_one_cpu(&f, &[("TOKIO_WORKER_THREADS", "1")]).await else {
+    let Some(run) = run_on_cpus("0", &f, &[("TOKIO_WORKER_THREADS", "1")]).await else {
         return;
     };
     assert_eq!(
@@ -1112,4 +1118,24 @@ async fn on_one_cpu_the_gateway_serves_from_one_thread() {
         "threads with TOKIO_WORKER_THREADS=1: {:?}",
         thread_names(run.pid())
     );
+    drop(run);
+
+    // On two CPUs: a second serving thread with a runtime of its own, no worker pool.
+    if std::thread::available_parallelism().map_or(1, std::num::NonZero::get) < 2 {
+        eprintln!("SKIPPED: one CPU here; the thread-per-core server is not checked");
+        return;
+    }
+    let Some(run) = run_on_cpus("0,1", &f, &[]).await else {
+        return;
+    };
+    let pid = run.pid();
+    common::eventually(
+        "a second serving thread",
+        Duration::from_secs(5),
+        || async move { thread_names(pid).iter().any(|n| n == "ipgate-serve-1") },
+    )
+    .await;
+    let names = thread_names(pid);
+    assert_eq!(workers(pid), 0, "threads on two CPUs: {names:?}");
+    assert_eq!(visit(&run, "198.51.100.66").await, 403);
 }

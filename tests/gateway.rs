@@ -574,6 +574,72 @@ async fn shutdown_drains_in_flight_requests() {
     );
 }
 
+/// Threads of this process named `name`.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|comm| comm.trim() == name)
+        .count()
+}
+
+/// Served on two threads (the caller's runtime and one accept thread of its own): every
+/// connection is answered, requests in flight on either thread finish on shutdown, and
+/// the extra thread ends with the server.
+#[tokio::test]
+async fn serving_on_two_threads_answers_drains_and_ends_its_thread() {
+    let up = upstream::start().await;
+    let gw = TestGateway::start_threads(&format!("{BASE}shutdown_grace: 5s\n"), &up.url(), 2).await;
+    common::eventually(
+        "the accept thread starts",
+        Duration::from_secs(5),
+        || async { threads_named("ipgate-serve-1") == 1 },
+    )
+    .await;
+    // Twenty clients, each on its own connection, three requests each.
+    let answers = futures_util::future::join_all((0..20).map(|i| {
+        let url = gw.url(&format!("/c{i}"));
+        async move {
+            let c = client();
+            let mut ok = 0;
+            for _ in 0..3 {
+                if c.get(&url).send().await.unwrap().status() == 200 {
+                    ok += 1;
+                }
+            }
+            ok
+        }
+    }))
+    .await;
+    assert_eq!(answers.iter().sum::<i32>(), 60, "{answers:?}");
+    // Eight slow requests on eight connections, then stop: all of them finish.
+    let before = up.seen.count();
+    let slow: Vec<_> = (0..8)
+        .map(|_| {
+            let url = gw.url("/slow");
+            tokio::spawn(async move { client().get(url).send().await })
+        })
+        .collect();
+    for _ in 0..100 {
+        if up.seen.count() == before + 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.seen.count(), before + 8);
+    gw.shutdown().await;
+    for r in slow {
+        let r = r.await.unwrap().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "slow done");
+    }
+    assert_eq!(
+        threads_named("ipgate-serve-1"),
+        0,
+        "the accept thread outlived the server"
+    );
+}
+
 #[tokio::test]
 async fn dry_run_decides_but_never_blocks() {
     let up = upstream::start().await;

@@ -156,7 +156,13 @@ pub async fn demo(listen: SocketAddr, admin: SocketAddr) -> Result<(), Failure> 
     );
     println!("  unban:       curl -s -X DELETE {admin_url}/v1/bans/198.51.100.20/32");
     println!("Press Ctrl-C to stop.");
-    let served = server::serve(gate, listeners, super::run::shutdown_signal()).await;
+    let served = server::serve_threads(
+        gate,
+        listeners,
+        super::run::shutdown_signal(),
+        super::serve_threads(),
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&dir);
     served.map_err(|e| Failure::Runtime(anyhow::Error::new(e)))
 }

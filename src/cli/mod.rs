@@ -86,16 +86,24 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-/// The runtime: one thread when the process may use one CPU (a container limited to
-/// one core, a pinned process), where a work-stealing scheduler has no one to steal
-/// from and only costs; a worker per CPU otherwise. `TOKIO_WORKER_THREADS` set in the
-/// environment always selects the multi-threaded runtime with that many workers.
-fn runtime_builder() -> tokio::runtime::Builder {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    if cpus == 1 && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        tokio::runtime::Builder::new_current_thread()
+/// Threads that serve connections: one per CPU the process may use (affinity mask,
+/// cgroup CPU quota), each with a one-thread runtime; 1 (the multi-threaded runtime's
+/// workers serve them all) when `TOKIO_WORKER_THREADS` is set.
+pub(crate) fn serve_threads() -> usize {
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        1
     } else {
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    }
+}
+
+/// The main runtime: one thread (a thread-per-core server, see [`serve_threads`]), or the
+/// multi-threaded runtime when `TOKIO_WORKER_THREADS` asks for it.
+fn runtime_builder() -> tokio::runtime::Builder {
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
         tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
     }
 }
 

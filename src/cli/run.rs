@@ -107,7 +107,7 @@ pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<()
         }
     }
 
-    server::serve(gate, listeners, shutdown_signal())
+    server::serve_threads(gate, listeners, shutdown_signal(), super::serve_threads())
         .await
         .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))
 }

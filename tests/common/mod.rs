@@ -33,14 +33,32 @@ impl TestGateway {
     }
 
     pub async fn start_gate(gate: Gate) -> TestGateway {
+        Self::start_gate_threads(gate, 1).await
+    }
+
+    /// As [`TestGateway::start`], serving on `threads` threads (`server::serve_threads`).
+    pub async fn start_threads(yaml: &str, upstream: &str, threads: usize) -> TestGateway {
+        let yaml = yaml.replace("{upstream}", upstream);
+        let cfg =
+            Config::from_yaml(&yaml, "test").unwrap_or_else(|e| panic!("bad test config: {e}"));
+        let gate = Gate::from_config(cfg).await.expect("gate");
+        Self::start_gate_threads(gate, threads).await
+    }
+
+    pub async fn start_gate_threads(gate: Gate, threads: usize) -> TestGateway {
         let listeners = ipgate::server::bind(&gate).await.expect("bind");
         let addr = listeners[0].local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let g = gate.clone();
         let task = tokio::spawn(async move {
-            ipgate::server::serve(g, listeners, async {
-                let _ = rx.await;
-            })
+            ipgate::server::serve_threads(
+                g,
+                listeners,
+                async {
+                    let _ = rx.await;
+                },
+                threads,
+            )
             .await
             .expect("serve");
         });
