@@ -103,6 +103,28 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
+    // The same hit with 64 hot clients and with one: how much of the hit is the working
+    // set (cache lines and pages) rather than the work.
+    let mut v2 = 0u32;
+    g.bench_function("sync_cache_hit_1M_cidrs_1M_cached_hot_64", |b| {
+        b.iter(|| {
+            v2 = (v2 + 7919) % 64;
+            black_box(
+                gate.decide(client(v2 * 977))
+                    .now_or_never()
+                    .expect("a hit never waits"),
+            )
+        })
+    });
+    g.bench_function("sync_cache_hit_1M_cidrs_1M_cached_hot_1", |b| {
+        b.iter(|| {
+            black_box(
+                gate.decide(client(977))
+                    .now_or_never()
+                    .expect("a hit never waits"),
+            )
+        })
+    });
     g.bench_function("sync_baseline_allow_list_hit", |b| {
         b.iter(|| {
             black_box(
