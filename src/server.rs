@@ -211,15 +211,30 @@ pub async fn serve_threads(
     if gate.config().upstream.is_none() {
         return Err(ServerError::NoUpstream);
     }
-    let extra = crate::accept_threads::AcceptThreads::start(threads.saturating_sub(1))
-        .map_err(ServerError::Threads)?;
     let limits = &gate.config().limits;
+    let threads = threads.max(1);
+    // Each extra thread's runtime has its own descriptors (epoll, waker, signal pipe)
+    // and a copy of each listener.
+    let thread_fds = (threads as u64 - 1).saturating_mul(3 + listeners.len() as u64);
     let budget = fd_budget(
-        raise_nofile_limit(),
+        raise_nofile_limit().map(|n| n.saturating_sub(thread_fds)),
         limits.max_connections.min(Semaphore::MAX_PERMITS),
         limits.upstream_max_connections.min(Semaphore::MAX_PERMITS),
     );
     let max = budget.connections;
+    let wanted = threads;
+    let threads = serving_threads(wanted, max, listeners.len());
+    if threads < wanted {
+        tracing::warn!(
+            threads = wanted,
+            serving_threads = threads,
+            max_connections = max,
+            "serving threads capped at max_connections / listeners: each waiting accept loop holds a connection slot"
+        );
+    }
+    let extra = crate::accept_threads::AcceptThreads::start(threads - 1)
+        .await
+        .map_err(ServerError::Threads)?;
     let permits = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Whether the listeners speak TLS is fixed at start (a change needs a restart);
@@ -240,7 +255,7 @@ pub async fn serve_threads(
     let mut accept_tasks = Vec::new();
     for listener in listeners {
         let addr = listener.local_addr().map_or("?".into(), |a| a.to_string());
-        tracing::info!(listen = %addr, threads = threads.max(1), "gateway listening");
+        tracing::info!(listen = %addr, threads, "gateway listening");
         let listener = if extra.is_empty() {
             listener
         } else {
@@ -292,6 +307,13 @@ pub async fn serve_threads(
     gate.close().await;
     extra.stop().await;
     Ok(())
+}
+
+/// Threads to serve on: `threads`, but no more accept loops (one per listener and
+/// thread, each holding a connection slot while it waits) than `max_connections` slots,
+/// or a listener could be left with none.
+fn serving_threads(threads: usize, max_connections: usize, listeners: usize) -> usize {
+    threads.clamp(1, (max_connections / listeners.max(1)).max(1))
 }
 
 /// Descriptors kept free for everything but client and upstream connections: the
@@ -811,6 +833,14 @@ enum ConnEvent<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_more_accept_loops_than_connection_slots() {
+        assert_eq!(serving_threads(8, 10_000, 2), 8);
+        assert_eq!(serving_threads(8, 6, 2), 3);
+        assert_eq!(serving_threads(8, 1, 2), 1);
+        assert_eq!(serving_threads(0, 100, 1), 1);
+    }
 
     #[test]
     fn fd_budget_fits_both_pools_in_the_limit() {

@@ -195,11 +195,21 @@ where
         let mut idle = self.shared.lock();
         Shared::<C, B>::prune(&mut idle, self.shared.idle_timeout, Instant::now());
         let me = this_thread();
-        while let Some(pos) = idle
-            .iter()
-            .rposition(|i| i.home == me && &i.key == key)
-            .or_else(|| idle.iter().rposition(|i| &i.key == key))
-        {
+        // One pass from the most recent: this thread's first, else the most recent.
+        let pick = |idle: &VecDeque<Idle<B>>| {
+            let mut any = None;
+            for (pos, i) in idle.iter().enumerate().rev() {
+                if i.home == me {
+                    if &i.key == key {
+                        return Some(pos);
+                    }
+                } else if any.is_none() && &i.key == key {
+                    any = Some(pos);
+                }
+            }
+            any
+        };
+        while let Some(pos) = pick(&idle) {
             let Some(i) = idle.remove(pos) else { break };
             if !i.sender.is_closed() {
                 return Some((i.sender, i.home));

@@ -1139,3 +1139,19 @@ async fn on_one_cpu_the_gateway_serves_from_one_thread() {
     assert_eq!(workers(pid), 0, "threads on two CPUs: {names:?}");
     assert_eq!(visit(&run, "198.51.100.66").await, 403);
 }
+
+#[test]
+fn a_bad_worker_thread_count_is_refused_with_its_cause() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/policy.example.yaml");
+    for bad in ["", "0", "many"] {
+        let out = Command::new(BIN)
+            .args(["validate", "-c", example])
+            .env("TOKIO_WORKER_THREADS", bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains("TOKIO_WORKER_THREADS"), "{bad:?}: {err}");
+        assert!(!err.contains("panicked"), "{bad:?}: {err}");
+    }
+}

@@ -86,25 +86,42 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// `TOKIO_WORKER_THREADS`: unset (None), or the number of workers of tokio's
+/// multi-threaded runtime (a positive integer; anything else is refused).
+fn worker_threads() -> Result<Option<usize>, String> {
+    match std::env::var_os("TOKIO_WORKER_THREADS") {
+        None => Ok(None),
+        Some(v) => match v.to_str().and_then(|s| s.trim().parse::<usize>().ok()) {
+            Some(n) if n > 0 => Ok(Some(n)),
+            _ => Err(format!(
+                "TOKIO_WORKER_THREADS={}: expected a positive number of worker threads",
+                v.to_string_lossy()
+            )),
+        },
+    }
+}
+
 /// Threads that serve connections: one per CPU the process may use (affinity mask,
 /// cgroup CPU quota), each with a one-thread runtime; 1 (the multi-threaded runtime's
 /// workers serve them all) when `TOKIO_WORKER_THREADS` is set.
 pub(crate) fn serve_threads() -> usize {
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    match worker_threads() {
+        Ok(None) => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        _ => 1,
     }
 }
 
-/// The main runtime: one thread (a thread-per-core server, see [`serve_threads`]), or the
-/// multi-threaded runtime when `TOKIO_WORKER_THREADS` asks for it.
-fn runtime_builder() -> tokio::runtime::Builder {
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
-        tokio::runtime::Builder::new_multi_thread()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-    }
+/// The main runtime: one thread (a thread-per-core server, see [`serve_threads`]), or
+/// tokio's multi-threaded runtime with the workers `TOKIO_WORKER_THREADS` asks for.
+fn runtime_builder() -> Result<tokio::runtime::Builder, String> {
+    Ok(match worker_threads()? {
+        None => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    })
 }
 
 pub fn main() -> ExitCode {
@@ -117,7 +134,14 @@ pub fn main() -> ExitCode {
         Command::Check { .. } | Command::Validate { .. } => "ipgate=warn",
     };
     init_tracing(cli.log_format, default_level);
-    let rt = match runtime_builder().enable_all().build() {
+    let mut builder = match runtime_builder() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
