@@ -1155,3 +1155,45 @@ fn a_bad_worker_thread_count_is_refused_with_its_cause() {
         assert!(!err.contains("panicked"), "{bad:?}: {err}");
     }
 }
+
+/// Signals and file changes that come as soon as the addresses are printed are not
+/// lost: a change of the file is reloaded, SIGHUP reloads (it does not kill the
+/// process, its default action), SIGTERM stops gracefully with exit 0.
+#[tokio::test]
+async fn a_change_or_a_signal_right_after_start_is_handled() {
+    let up = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    let policy = |block: &str| {
+        format!(
+            "listen: 127.0.0.1:0\nupstream: {}\nreload: {{ watch: true }}\nlists: {{ block: [{block}] }}\nadmin: {{ listen: 127.0.0.1:0 }}\n",
+            up.url()
+        )
+    };
+    std::fs::write(&f, policy("127.0.0.1")).unwrap();
+    let mut run = spawn_run(&f).await;
+    // At once: the file changes (127.0.0.1 no longer blocked).
+    std::fs::write(&f, policy("192.0.2.1")).unwrap();
+    let url = run.url("/");
+    common::eventually(
+        "the change made at start is reloaded",
+        Duration::from_secs(5),
+        || {
+            let url = url.clone();
+            async move { common::client().get(url).send().await.unwrap().status() == 200 }
+        },
+    )
+    .await;
+    drop(run);
+
+    for _ in 0..3 {
+        run = spawn_run(&f).await;
+        kill("-HUP", run.pid());
+        kill("-TERM", run.pid());
+        let status = tokio::time::timeout(Duration::from_secs(10), run.child.wait())
+            .await
+            .expect("no stop within 10 s")
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "{status:?}");
+    }
+}

@@ -94,6 +94,8 @@ pub async fn demo(listen: SocketAddr, admin: SocketAddr) -> Result<(), Failure> 
     let listeners = server::bind(&gate)
         .await
         .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
+    // Signal handlers first: Ctrl-C stops the demo gracefully from the first line on.
+    let shutdown = super::run::shutdown_signal();
     for l in &listeners {
         super::run::announce("listening on", l)?;
     }
@@ -156,13 +158,7 @@ pub async fn demo(listen: SocketAddr, admin: SocketAddr) -> Result<(), Failure> 
     );
     println!("  unban:       curl -s -X DELETE {admin_url}/v1/bans/198.51.100.20/32");
     println!("Press Ctrl-C to stop.");
-    let served = server::serve_threads(
-        gate,
-        listeners,
-        super::run::shutdown_signal(),
-        super::serve_threads(),
-    )
-    .await;
+    let served = server::serve_threads(gate, listeners, shutdown, super::serve_threads()).await;
     let _ = std::fs::remove_dir_all(&dir);
     served.map_err(|e| Failure::Runtime(anyhow::Error::new(e)))
 }

@@ -1,7 +1,7 @@
 //! `ipgate run`: the gateway, the admin API, reload on SIGHUP / file change, drain on
 //! SIGTERM / SIGINT.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +33,9 @@ pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<()
     let explicit = config.is_some();
     let path = config.unwrap_or_else(|| PathBuf::from("policy.yaml"));
     let from_file = explicit || path.exists();
+    // The file's time as of before it is read: a change made at any time after (even
+    // before the watcher's first look) is a change the watcher reloads.
+    let read_stamp = file_stamp(&path);
     let cfg = if from_file {
         load_for_gateway(&path, upstream.as_deref())?
     } else {
@@ -56,9 +59,8 @@ pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<()
     let listeners = server::bind(&gate)
         .await
         .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
-    for l in &listeners {
-        announce("listening on", l)?;
-    }
+    // Signal handlers first: a script may signal as soon as it reads the addresses.
+    let shutdown = shutdown_signal();
 
     let reload: Option<admin::Reload> = from_file.then(|| {
         let gate = gate.clone();
@@ -103,38 +105,50 @@ pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<()
     if let Some(reload) = reload.clone() {
         spawn_sighup(reload.clone());
         if watch {
-            spawn_watch(path.clone(), reload);
+            spawn_watch(path.clone(), reload, read_stamp);
         }
     }
 
-    server::serve_threads(gate, listeners, shutdown_signal(), super::serve_threads())
+    for l in &listeners {
+        announce("listening on", l)?;
+    }
+    server::serve_threads(gate, listeners, shutdown, super::serve_threads())
         .await
         .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))
 }
 
+/// Reloads on SIGHUP; the handler is installed before this returns.
 fn spawn_sighup(reload: admin::Reload) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             tracing::warn!("cannot listen for SIGHUP; reload with POST /v1/reload");
             return;
         };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading");
-            let _ = reload().await;
-        }
-    });
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading");
+                let _ = reload().await;
+            }
+        });
+    }
 }
 
-/// Polls the file's modification time (robust to editors that replace the file).
-fn spawn_watch(path: PathBuf, reload: admin::Reload) {
+/// The modification time of `path`, when it can be read.
+fn file_stamp(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Polls `path`'s modification time once a second (robust to editors that replace the
+/// file) and reloads when it differs from the last one seen (`read_stamp`: the time
+/// before the running configuration was read).
+fn spawn_watch(path: PathBuf, reload: admin::Reload, read_stamp: Option<SystemTime>) {
     tokio::spawn(async move {
-        let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let mut last: Option<SystemTime> = stamp(&path);
+        let mut last = read_stamp;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = stamp(&path);
+            let now = file_stamp(&path);
             if now.is_some() && now != last {
                 last = now;
                 tracing::info!(file = %path.display(), "configuration file changed: reloading");
@@ -144,24 +158,36 @@ fn spawn_watch(path: PathBuf, reload: admin::Reload) {
     });
 }
 
-pub(crate) async fn shutdown_signal() {
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled: a signal that comes at any time after (even before the
+/// server's first wait) stops the server gracefully instead of killing the process.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                    one.recv().await;
+                }
+                (Err(_), Err(_)) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
