@@ -86,6 +86,13 @@ pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<()
         f
     });
 
+    if let Some(reload) = reload.clone() {
+        spawn_sighup(reload.clone());
+        if watch {
+            spawn_watch(path.clone(), reload, read_stamp);
+        }
+    }
+
     if let Some(admin_cfg) = admin_cfg {
         let addr = admin_cfg.listen.0;
         let listener = tokio::net::TcpListener::bind(addr)
@@ -100,13 +107,6 @@ pub async fn run(config: Option<PathBuf>, upstream: Option<String>) -> Result<()
                 tracing::error!(error = %e, "admin API stopped");
             }
         });
-    }
-
-    if let Some(reload) = reload.clone() {
-        spawn_sighup(reload.clone());
-        if watch {
-            spawn_watch(path.clone(), reload, read_stamp);
-        }
     }
 
     for l in &listeners {
