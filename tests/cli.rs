@@ -978,18 +978,6 @@ async fn metrics_are_histograms_without_impossible_series() {
     }
 }
 
-/// Names of the threads of process `pid` (`/proc/PID/task/*/comm`).
-fn thread_names(pid: u32) -> Vec<String> {
-    let mut names = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let comm = task.unwrap().path().join("comm");
-        if let Ok(name) = std::fs::read_to_string(comm) {
-            names.push(name.trim().to_string());
-        }
-    }
-    names
-}
-
 /// Starts `ipgate run -c policy` restricted to `cpus` (a `taskset` list) with `env`
 /// added to its environment (None when `taskset` is missing).
 async fn run_on_cpus(
@@ -1057,7 +1045,7 @@ async fn on_one_cpu_the_gateway_serves_from_one_thread() {
         return;
     };
     let workers = |pid| {
-        thread_names(pid)
+        common::thread_names(pid)
             .iter()
             .filter(|n| n.starts_with("tokio-r"))
             .count()
@@ -1066,7 +1054,7 @@ async fn on_one_cpu_the_gateway_serves_from_one_thread() {
         workers(run.pid()),
         0,
         "threads on one CPU: {:?}",
-        thread_names(run.pid())
+        common::thread_names(run.pid())
     );
     let visit = |run: &common::Running, a: &'static str| {
         let url = run.url("/");
@@ -1116,7 +1104,7 @@ async fn on_one_cpu_the_gateway_serves_from_one_thread() {
         workers(run.pid()),
         1,
         "threads with TOKIO_WORKER_THREADS=1: {:?}",
-        thread_names(run.pid())
+        common::thread_names(run.pid())
     );
     drop(run);
 
@@ -1132,10 +1120,14 @@ async fn on_one_cpu_the_gateway_serves_from_one_thread() {
     common::eventually(
         "a second serving thread",
         Duration::from_secs(5),
-        || async move { thread_names(pid).iter().any(|n| n == "ipgate-serve-1") },
+        || async move {
+            common::thread_names(pid)
+                .iter()
+                .any(|n| n == "ipgate-serve-1")
+        },
     )
     .await;
-    let names = thread_names(pid);
+    let names = common::thread_names(pid);
     assert_eq!(workers(pid), 0, "threads on two CPUs: {names:?}");
     assert_eq!(visit(&run, "198.51.100.66").await, 403);
 }

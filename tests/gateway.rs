@@ -574,12 +574,11 @@ async fn shutdown_drains_in_flight_requests() {
     );
 }
 
-/// Threads of this process named `name`.
-fn threads_named(name: &str) -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
-        .filter(|comm| comm.trim() == name)
+/// Threads of this test process named `name`.
+fn threads_named_here(name: &str) -> usize {
+    common::thread_names(std::process::id())
+        .iter()
+        .filter(|n| *n == name)
         .count()
 }
 
@@ -593,7 +592,7 @@ async fn serving_on_two_threads_answers_drains_and_ends_its_thread() {
     common::eventually(
         "the accept thread starts",
         Duration::from_secs(5),
-        || async { threads_named("ipgate-serve-1") == 1 },
+        || async { threads_named_here("ipgate-serve-1") == 1 },
     )
     .await;
     // Twenty clients, each on its own connection, three requests each.
@@ -634,7 +633,7 @@ async fn serving_on_two_threads_answers_drains_and_ends_its_thread() {
         assert_eq!(r.text().await.unwrap(), "slow done");
     }
     assert_eq!(
-        threads_named("ipgate-serve-1"),
+        threads_named_here("ipgate-serve-1"),
         0,
         "the accept thread outlived the server"
     );

@@ -318,3 +318,12 @@ pub async fn metric(admin: &str, series: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Names of the threads of process `pid` (`/proc/PID/task/*/comm`).
+pub fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
