@@ -17,7 +17,7 @@ use crate::explain::Explanation;
 use crate::feeds::Feeds;
 use crate::reputation::{NoReputation, ReputationSource};
 use crate::shared_tier::{SharedTier, TierSetupError};
-use crate::snapshot::{Parts, Snapshot};
+use crate::snapshot::{Parts, Snapshot, Step};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// Why a gate could not be built or reloaded.
@@ -348,12 +348,32 @@ impl Gate {
     /// Resolves the client IP of a request from its peer and headers, then decides.
     /// The whole decision is made on the configuration in force when it starts.
     pub async fn decide_request(&self, peer: IpAddr, headers: &http::HeaderMap) -> Decision {
-        self.snapshot().decide_request(peer, headers).await
+        // Most decisions never wait: they read the snapshot without taking a reference
+        // to it (no shared count touched); one that waits keeps it.
+        let live = self.inner.live.load();
+        let step = live.decide_request_now(peer, headers);
+        Self::finish(live, step).await
     }
 
     /// Decides for a client IP.
     pub async fn decide(&self, ip: IpAddr) -> Decision {
-        self.snapshot().decide(ip).await
+        let started = Some(std::time::Instant::now());
+        let live = self.inner.live.load();
+        let step = live.decide_now(ip.to_canonical(), started);
+        Self::finish(live, step).await
+    }
+
+    /// The decision of a step made on `live`. A step that needs a look-up waits on that
+    /// same snapshot, in a boxed future: the caller's future stays a few words long
+    /// (it is moved on every poll of a decision that never waits).
+    async fn finish(live: arc_swap::Guard<Arc<Snapshot>>, step: Step) -> Decision {
+        match step {
+            Step::Done(d) => d,
+            Step::Lookup { .. } => {
+                let live = arc_swap::Guard::into_inner(live);
+                Box::pin(async move { live.finish_step(step).await }).await
+            }
+        }
     }
 
     /// Decides for `ip` and says why, step by step. Providers are asked only when

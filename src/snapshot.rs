@@ -237,26 +237,29 @@ impl Snapshot {
 
     /// Resolves the client IP of a request, then decides on this snapshot alone.
     pub(crate) async fn decide_request(&self, peer: IpAddr, headers: &http::HeaderMap) -> Decision {
+        self.finish_step(self.decide_request_now(peer, headers))
+            .await
+    }
+
+    /// [`Self::decide_request`] up to the first wait.
+    pub(crate) fn decide_request_now(&self, peer: IpAddr, headers: &http::HeaderMap) -> Step {
         let started = Some(Instant::now());
         let ip = match self.resolver.resolve(peer, headers) {
             Ok(ip) => ip.to_canonical(),
             Err(e) => {
                 // The layer logs the refusal with the request (rule invalid-client-ip).
                 tracing::debug!(peer = %peer, error = %e, "invalid client IP");
-                return self.refuse_invalid(peer.to_canonical(), Arc::from(e.to_string()));
+                return Step::Done(
+                    self.refuse_invalid(peer.to_canonical(), Arc::from(e.to_string())),
+                );
             }
         };
-        self.decide_started(ip, started).await
+        self.decide_now(ip, started)
     }
 
-    /// Decides for a client IP.
-    pub(crate) async fn decide(&self, ip: IpAddr) -> Decision {
-        let started = Some(Instant::now());
-        self.decide_started(ip.to_canonical(), started).await
-    }
-
-    async fn decide_started(&self, ip: IpAddr, started: Option<Instant>) -> Decision {
-        match self.decide_now(ip, started) {
+    /// The decision of a step: made, or made after waiting for the look-up.
+    pub(crate) async fn finish_step(&self, step: Step) -> Decision {
+        match step {
             Step::Done(d) => d,
             Step::Lookup { ip, from, started } => self.decide_after_lookup(ip, from, started).await,
         }
