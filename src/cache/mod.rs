@@ -6,6 +6,7 @@
 //! one flight per key in its own task, so however many requests wait for it (and even
 //! if they give up at `lookup.timeout`), each provider is called once.
 
+mod front;
 pub mod key;
 mod limits;
 pub mod quota;
@@ -15,6 +16,7 @@ mod writer;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -214,6 +216,9 @@ struct Kept {
     /// Look-ups by result (hit, miss, stale, coalesced) since this state was made, for
     /// the status page's hit rate.
     lookups: [std::sync::atomic::AtomicU64; 4],
+    /// Raised after every eviction and flush: what the per-thread fronts stored
+    /// before is no longer served.
+    epoch: std::sync::atomic::AtomicU32,
 }
 
 /// Removes a key from the in-flight map when dropped: on completion, on error, when
@@ -235,6 +240,8 @@ impl Drop for FlightGuard {
 
 struct Inner {
     shared: Arc<Kept>,
+    /// This instance in the per-thread fronts (a reload makes another).
+    owner: u32,
     /// Redis, when `cache.redis` is set.
     tier: Option<SharedTier>,
     /// How long one cluster-wide look-up may hold its lock.
@@ -360,6 +367,7 @@ impl Kept {
                 None => Vec::new(),
             }),
             lookups: Default::default(),
+            epoch: Default::default(),
         });
         Ok((kept, store))
     }
@@ -443,6 +451,7 @@ impl ReputationCache {
         let cache = ReputationCache {
             inner: Arc::new(Inner {
                 shared,
+                owner: front::next_owner(),
                 tier,
                 lock_ttl: slowest + Duration::from_secs(1),
                 clock,
@@ -521,6 +530,7 @@ impl ReputationCache {
     pub fn evict(&self, ip: IpAddr) -> bool {
         let key = self.key(ip);
         let removed = self.inner.shared.entries.remove(&key).is_some();
+        self.inner.shared.epoch.fetch_add(1, Ordering::Release);
         self.persist(Write::Remove(key), None);
         self.inner
             .entries_gauge
@@ -531,6 +541,7 @@ impl ReputationCache {
     /// Forgets everything.
     pub fn flush(&self) {
         self.inner.shared.entries.clear();
+        self.inner.shared.epoch.fetch_add(1, Ordering::Release);
         self.persist(Write::Clear, None);
         self.inner.entries_gauge.set(0.0);
     }
@@ -624,10 +635,18 @@ impl ReputationCache {
     /// A fresh entry: every provider's part unexpired.
     #[inline]
     fn fresh(&self, slot: &Slot, now: u64) -> bool {
+        self.fresh_until(slot) > now
+    }
+
+    /// Unix ms until which the entry is fresh: its earliest part's expiry.
+    #[inline]
+    fn fresh_until(&self, slot: &Slot) -> u64 {
         self.inner
             .providers
             .iter()
-            .all(|s| slot.expires[s.id.index()] > now)
+            .map(|s| slot.expires[s.id.index()])
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     fn persist(&self, w: Write, ack: Option<tokio::sync::oneshot::Sender<()>>) {
@@ -646,9 +665,21 @@ impl ReputationCache {
     /// (the decision's start): one clock read per decision instead of two.
     #[inline]
     pub fn cached_at(&self, ip: IpAddr, at: std::time::Instant) -> Option<Arc<Lookup>> {
-        let slot = self.inner.shared.entries.get(&self.key(ip))?;
-        if self.fresh(&slot, self.inner.clock.unix_ms_at(at)) {
+        let key = self.key(ip);
+        let now = self.inner.clock.unix_ms_at(at);
+        // Read before the main cache: an eviction after this makes what is stored below
+        // stale for the front.
+        let epoch = self.inner.shared.epoch.load(Ordering::Acquire);
+        let owner = self.inner.owner;
+        if let Some(lookup) = front::get(owner, epoch, key, now) {
             self.count(0);
+            return Some(lookup);
+        }
+        let slot = self.inner.shared.entries.get(&key)?;
+        let until = self.fresh_until(&slot);
+        if until > now {
+            self.count(0);
+            front::offer(owner, epoch, key, until, &slot.lookup);
             Some(slot.lookup)
         } else {
             None
@@ -955,5 +986,97 @@ mod tests {
         assert_eq!(provider.calls.load(Ordering::SeqCst), 2);
         assert_eq!(second.answers.len(), 1, "{second:?}");
         assert!(cache.inner.shared.flights.lock().unwrap().is_empty());
+    }
+
+    /// Answers every look-up, counting them.
+    #[derive(Debug)]
+    struct Counting {
+        id: ProviderId,
+        calls: AtomicU32,
+    }
+
+    impl Counting {
+        fn new(id: ProviderId) -> Arc<Counting> {
+            Arc::new(Counting {
+                id,
+                calls: AtomicU32::new(0),
+            })
+        }
+    }
+
+    impl Provider for Counting {
+        fn id(&self) -> ProviderId {
+            self.id
+        }
+        fn lookup(&self, _ip: IpAddr) -> BoxFuture<'_, Result<Reputation, ProviderError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move { Ok(Reputation::unknown(self.id)) })
+        }
+        fn availability(&self) -> Availability {
+            Availability::Ready
+        }
+    }
+
+    fn cache_over(
+        providers: Vec<Arc<dyn Provider>>,
+        previous: Option<&ReputationCache>,
+    ) -> ReputationCache {
+        let config = Config::from_yaml("{}", "t").unwrap();
+        ReputationCache::new(&config, providers, previous, crate::clock::system(), None).unwrap()
+    }
+
+    /// Asks until the answer comes from this thread's front (the main cache's entry
+    /// is then removed behind the front's back to prove it).
+    async fn hit_from_front(cache: &ReputationCache, ip: IpAddr) {
+        let Answer::Known(_) = cache.get(ip, true).await else {
+            panic!("inline mode never answers pending");
+        };
+        for _ in 0..3 {
+            assert!(cache.cached(ip).is_some());
+        }
+        let key = cache.key(ip);
+        let kept = cache.inner.shared.entries.remove(&key);
+        assert!(cache.cached(ip).is_some(), "a hit now comes from the front");
+        let (k, v) = kept.unwrap();
+        cache.inner.shared.entries.insert(k, v);
+    }
+
+    #[tokio::test]
+    async fn an_evicted_or_flushed_entry_is_not_served_from_the_front() {
+        let provider = Counting::new(ProviderId::Iocscout);
+        let cache = cache_over(vec![provider.clone()], None);
+        let ip: IpAddr = "198.51.100.8".parse().unwrap();
+
+        hit_from_front(&cache, ip).await;
+        assert!(cache.evict(ip));
+        assert!(cache.cached(ip).is_none(), "evicted: no hit");
+        let _ = cache.get(ip, true).await;
+        assert_eq!(provider.calls.load(Ordering::SeqCst), 2, "asked again");
+
+        hit_from_front(&cache, ip).await;
+        cache.flush();
+        assert!(cache.cached(ip).is_none(), "flushed: no hit");
+        let _ = cache.get(ip, true).await;
+        assert_eq!(provider.calls.load(Ordering::SeqCst), 3, "asked again");
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_adds_a_provider_does_not_answer_from_the_front() {
+        let first = Counting::new(ProviderId::Iocscout);
+        let cache = cache_over(vec![first.clone()], None);
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        hit_from_front(&cache, ip).await;
+
+        // Same entries (kept across the reload), one more provider: the entry lacks its
+        // part, so it is not a hit, and only the new provider is asked.
+        let second = Counting::new(ProviderId::Ipswamp);
+        let reloaded = cache_over(vec![first.clone(), second.clone()], Some(&cache));
+        assert!(reloaded.cached(ip).is_none());
+        let Answer::Known(l) = reloaded.get(ip, true).await else {
+            panic!("inline mode never answers pending");
+        };
+        assert_eq!(l.answers.len(), 2);
+        assert_eq!(first.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(second.calls.load(Ordering::SeqCst), 1);
     }
 }
