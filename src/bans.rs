@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -30,6 +31,9 @@ struct Table {
 pub struct Bans {
     table: Arc<ArcSwap<Table>>,
     write: Arc<std::sync::Mutex<()>>,
+    /// Whether the table holds any ban: with none (the usual case) a decision reads
+    /// this flag, not the table.
+    any: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Bans {
@@ -50,6 +54,9 @@ impl Bans {
     /// The ban that covers `ip` now, if any.
     #[inline]
     pub fn find(&self, ip: IpAddr) -> Option<Ban> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
         let t = self.table.load();
         let ip = ip.to_canonical();
         if t.set.is_empty() || !t.set.contains(ip) {
@@ -136,7 +143,9 @@ impl Bans {
         f(&mut bans);
         let set = bans.iter().map(|b| b.cidr).collect();
         metrics::gauge!(crate::metrics::BANS).set(bans.len() as f64);
+        let any = !bans.is_empty();
         self.table.store(Arc::new(Table { set, bans }));
+        self.any.store(any, Ordering::Release);
     }
 }
 
