@@ -357,9 +357,8 @@ impl Gate {
 
     /// Decides for a client IP.
     pub async fn decide(&self, ip: IpAddr) -> Decision {
-        let started = Some(std::time::Instant::now());
         let live = self.inner.live.load();
-        let step = live.decide_now(ip.to_canonical(), started);
+        let step = live.decide_ip_now(ip);
         Self::finish(live, step).await
     }
 

@@ -257,6 +257,11 @@ impl Snapshot {
         self.decide_now(ip, started)
     }
 
+    /// Decides for a client IP up to the first wait.
+    pub(crate) fn decide_ip_now(&self, ip: IpAddr) -> Step {
+        self.decide_now(ip.to_canonical(), Some(Instant::now()))
+    }
+
     /// The decision of a step: made, or made after waiting for the look-up.
     pub(crate) async fn finish_step(&self, step: Step) -> Decision {
         match step {
