@@ -97,6 +97,8 @@ impl GateBuilder {
 
     /// Builds the gate: opens the cache store, loads the feeds, sets up the providers.
     pub async fn build(self) -> Result<Gate, GateError> {
+        // The decision's clock calibrates here, not on the first request.
+        crate::clock::Moment::calibrate();
         let bans = Bans::default();
         let tier = match self.config.cache.redis.as_ref().filter(|u| !u.0.is_empty()) {
             Some(url) => Some(

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -286,7 +286,7 @@ impl Proxy {
         let failed = body_failed.clone();
         let req = req.map(|inner| ClientBody { inner, failed });
         let client_ip = decision.client_ip;
-        let started = Instant::now();
+        let started = crate::clock::Moment::now();
         let sent = tokio::time::timeout(
             cfg.limits.upstream_timeout.0,
             self.shared.pool.send(&upstream.pool_key(), req),

@@ -365,7 +365,7 @@ pub trait ReputationSource: Send + Sync + 'static {
     /// [`Self::cached`] for a decision that started at `at` (read a moment ago): a
     /// source that compares expiries may derive its time from it instead of reading
     /// the clock again.
-    fn cached_at(&self, ip: IpAddr, _at: std::time::Instant) -> Option<std::sync::Arc<Lookup>> {
+    fn cached_at(&self, ip: IpAddr, _at: crate::clock::Moment) -> Option<std::sync::Arc<Lookup>> {
         self.cached(ip)
     }
 

@@ -11,9 +11,9 @@
 //! waiting (bans, lists, local facts, a fresh cached answer); only when a rule needs
 //! reputation that is not cached does [`Snapshot::decide_after_lookup`] wait for it.
 
+use crate::clock::Moment;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use metrics::{Counter, Histogram};
 
@@ -93,7 +93,7 @@ pub(crate) enum Step {
     Lookup {
         ip: IpAddr,
         from: usize,
-        started: Option<Instant>,
+        started: Option<Moment>,
     },
 }
 
@@ -243,7 +243,7 @@ impl Snapshot {
 
     /// [`Self::decide_request`] up to the first wait.
     pub(crate) fn decide_request_now(&self, peer: IpAddr, headers: &http::HeaderMap) -> Step {
-        let started = Some(Instant::now());
+        let started = Some(Moment::now());
         let ip = match self.resolver.resolve(peer, headers) {
             Ok(ip) => ip.to_canonical(),
             Err(e) => {
@@ -259,7 +259,7 @@ impl Snapshot {
 
     /// Decides for a client IP up to the first wait.
     pub(crate) fn decide_ip_now(&self, ip: IpAddr) -> Step {
-        self.decide_now(ip.to_canonical(), Some(Instant::now()))
+        self.decide_now(ip.to_canonical(), Some(Moment::now()))
     }
 
     /// The decision of a step: made, or made after waiting for the look-up.
@@ -272,7 +272,7 @@ impl Snapshot {
 
     /// Everything that needs no waiting: bans, lists, local facts and a fresh cached
     /// reputation.
-    pub(crate) fn decide_now(&self, ip: IpAddr, started: Option<Instant>) -> Step {
+    pub(crate) fn decide_now(&self, ip: IpAddr, started: Option<Moment>) -> Step {
         if let Some((by, reason)) = self.list_step(ip) {
             return Step::Done(self.finish(ip, by, reason, None, started));
         }
@@ -296,7 +296,7 @@ impl Snapshot {
         &self,
         ip: IpAddr,
         from: usize,
-        started: Option<Instant>,
+        started: Option<Moment>,
     ) -> Decision {
         let answer = self.lookup(ip).await;
         self.with_answer(ip, from, answer, started)
@@ -307,7 +307,7 @@ impl Snapshot {
         ip: IpAddr,
         from: usize,
         answer: Answer,
-        started: Option<Instant>,
+        started: Option<Moment>,
     ) -> Decision {
         let (by, reason, rep) = self.after_answer(ip, from, answer, None);
         self.finish(ip, by, reason, rep, started)
@@ -412,7 +412,7 @@ impl Snapshot {
         by: DecidedBy,
         reason: Arc<str>,
         reputation: Option<Arc<Lookup>>,
-        started: Option<Instant>,
+        started: Option<Moment>,
     ) -> Decision {
         let d = self.build(ip, by, reason, reputation);
         self.counters.count(&d.by, d.verdict, self.dry_run);

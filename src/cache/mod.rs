@@ -658,13 +658,13 @@ impl ReputationCache {
     /// The cached answer for `ip` when it is fresh (the hot path: no allocation).
     #[inline]
     pub fn cached(&self, ip: IpAddr) -> Option<Arc<Lookup>> {
-        self.cached_at(ip, std::time::Instant::now())
+        self.cached_at(ip, crate::clock::Moment::now())
     }
 
     /// [`Self::cached`] with the time derived from `at`, an instant read a moment ago
     /// (the decision's start): one clock read per decision instead of two.
     #[inline]
-    pub fn cached_at(&self, ip: IpAddr, at: std::time::Instant) -> Option<Arc<Lookup>> {
+    pub fn cached_at(&self, ip: IpAddr, at: crate::clock::Moment) -> Option<Arc<Lookup>> {
         let key = self.key(ip);
         let now = self.inner.clock.unix_ms_at(at);
         // Read before the main cache: an eviction after this makes what is stored below
@@ -903,7 +903,7 @@ impl ReputationSource for ReputationCache {
         ReputationCache::cached(self, ip)
     }
 
-    fn cached_at(&self, ip: IpAddr, at: std::time::Instant) -> Option<Arc<Lookup>> {
+    fn cached_at(&self, ip: IpAddr, at: crate::clock::Moment) -> Option<Arc<Lookup>> {
         ReputationCache::cached_at(self, ip, at)
     }
 
