@@ -51,15 +51,23 @@ impl DecidedBy {
     /// The `rule` name reported in logs, metrics, block pages and the admin API.
     pub fn name(&self) -> &str {
         match self {
+            DecidedBy::Rule { name, .. } => name,
+            fixed => fixed.fixed_name().unwrap_or_default(),
+        }
+    }
+
+    /// The name of a kind that is not a rule, as fixed text (None for a rule).
+    pub(crate) fn fixed_name(&self) -> Option<&'static str> {
+        Some(match self {
             DecidedBy::Ban => "ban",
             DecidedBy::AllowList => "allow-list",
             DecidedBy::BlockList => "block-list",
             DecidedBy::InvalidClientIp => "invalid-client-ip",
-            DecidedBy::Rule { name, .. } => name,
+            DecidedBy::Rule { .. } => return None,
             DecidedBy::Default => "default",
             DecidedBy::LookupError => "lookup-error",
             DecidedBy::LookupPending => "lookup-pending",
-        }
+        })
     }
 
     /// A dense index: the fixed kinds first, then rule `i` at `FIXED.len() + i`.
@@ -94,6 +102,115 @@ impl fmt::Display for DecidedBy {
     }
 }
 
+/// Why a decision was made, as text (it reads as a `str`). The kinds whose reason is
+/// their name (`default`, `allow-list`, ...) hold it as fixed text, so a decision copies
+/// it instead of counting a reference shared by every thread; a rule's reason is shared
+/// with the configuration that made it; a ban's or an error's is the decision's own.
+#[derive(Clone)]
+pub struct Reason(ReasonText);
+
+#[derive(Clone)]
+enum ReasonText {
+    Fixed(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Reason {
+    /// A reason that is fixed text.
+    pub const fn fixed(text: &'static str) -> Reason {
+        Reason(ReasonText::Fixed(text))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            ReasonText::Fixed(s) => s,
+            ReasonText::Shared(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for Reason {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Reason {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Reason {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq for Reason {
+    fn eq(&self, other: &Reason) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Reason {}
+
+impl std::hash::Hash for Reason {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialEq<str> for Reason {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Reason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl From<Arc<str>> for Reason {
+    fn from(s: Arc<str>) -> Reason {
+        Reason(ReasonText::Shared(s))
+    }
+}
+
+impl From<String> for Reason {
+    fn from(s: String) -> Reason {
+        Reason(ReasonText::Shared(Arc::from(s)))
+    }
+}
+
+impl From<&'static str> for Reason {
+    fn from(s: &'static str) -> Reason {
+        Reason::fixed(s)
+    }
+}
+
+impl serde::Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// What the gate decided for one request, and why. The layer puts it into the request
 /// extensions; handlers read it as an extractor (`ipgate::Decision`) or with
 /// `Extension<Decision>`.
@@ -109,7 +226,7 @@ pub struct Decision {
     /// What decided.
     pub by: DecidedBy,
     /// Human-readable reason (for operators: logs and the admin API).
-    pub reason: Arc<str>,
+    pub reason: Reason,
     /// The reputation consulted, if a rule needed it.
     pub reputation: Option<Arc<Lookup>>,
 }
@@ -201,7 +318,7 @@ mod tests {
             action: Action::Block,
             verdict: Action::Block,
             by: DecidedBy::Ban,
-            reason: Arc::from("ticket 4711: scraping, reported by ACME"),
+            reason: Reason::from(String::from("ticket 4711: scraping, reported by ACME")),
             reputation: None,
         };
         assert_eq!(d.public_reason(), "banned");

@@ -205,7 +205,7 @@ pub(crate) async fn guard(
         Some(peer) => snapshot.decide_request(peer, req.headers).await,
         None => {
             tracing::warn!("{NO_PEER}");
-            snapshot.refuse_invalid(IpAddr::from([0, 0, 0, 0]), Arc::from(NO_PEER))
+            snapshot.refuse_invalid(IpAddr::from([0, 0, 0, 0]), crate::Reason::fixed(NO_PEER))
         }
     };
     log_decision(req, peer, &decision);

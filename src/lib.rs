@@ -79,7 +79,7 @@ pub use cache::store::StoreError;
 pub use cache::{CacheError, LookupCounts, ProviderState, ReputationCache};
 pub use client_ip::ClientIpError;
 pub use config::{Action, Config, ConfigError};
-pub use decision::{DecidedBy, Decision};
+pub use decision::{DecidedBy, Decision, Reason};
 pub use explain::Explanation;
 pub use gate::{Gate, GateBuilder, GateError};
 pub use lists::IpSet;

@@ -22,7 +22,7 @@ use crate::block_page::BlockPage;
 use crate::cache::ReputationCache;
 use crate::client_ip::ClientIpResolver;
 use crate::config::{Action, Config, Mode};
-use crate::decision::{DecidedBy, Decision};
+use crate::decision::{DecidedBy, Decision, Reason};
 use crate::feeds::Feeds;
 use crate::lists::IpSet;
 use crate::policy::{Evaluation, LocalFacts, Outcome, Policy, TraceStep};
@@ -117,9 +117,9 @@ pub(crate) struct Snapshot {
     bans: Bans,
     counters: Counters,
     /// `DecidedBy::Rule` of each rule, and the reason it gives (shared, not rebuilt).
-    rules: Vec<(DecidedBy, Arc<str>)>,
+    rules: Vec<(DecidedBy, Reason)>,
     /// The reason of each fixed kind, by slot.
-    fixed_reasons: [Arc<str>; 7],
+    fixed_reasons: [Reason; 7],
     dry_run: bool,
 }
 
@@ -144,7 +144,7 @@ impl Snapshot {
             config.client_ip.header,
         );
         let policy = Policy::compile(&config, &|name| p.feeds.index_of(name));
-        let rules: Vec<(DecidedBy, Arc<str>)> = policy
+        let rules: Vec<(DecidedBy, Reason)> = policy
             .rules()
             .iter()
             .enumerate()
@@ -154,7 +154,7 @@ impl Snapshot {
                         index,
                         name: r.name.clone(),
                     },
-                    Arc::from(format!("matched rule `{}`", r.name)),
+                    Reason::from(format!("matched rule `{}`", r.name)),
                 )
             })
             .collect();
@@ -180,7 +180,9 @@ impl Snapshot {
         );
         Snapshot {
             counters,
-            fixed_reasons: DecidedBy::FIXED.clone().map(|k| Arc::from(k.name())),
+            fixed_reasons: DecidedBy::FIXED
+                .clone()
+                .map(|k| Reason::fixed(k.fixed_name().unwrap_or_default())),
             allow: config.lists.allow.iter().map(|c| c.0).collect(),
             block: config.lists.block.iter().map(|c| c.0).collect(),
             config: Arc::new(config),
@@ -250,7 +252,7 @@ impl Snapshot {
                 // The layer logs the refusal with the request (rule invalid-client-ip).
                 tracing::debug!(peer = %peer, error = %e, "invalid client IP");
                 return Step::Done(
-                    self.refuse_invalid(peer.to_canonical(), Arc::from(e.to_string())),
+                    self.refuse_invalid(peer.to_canonical(), Reason::from(e.to_string())),
                 );
             }
         };
@@ -321,7 +323,7 @@ impl Snapshot {
         from: usize,
         answer: Answer,
         trace: Option<&mut Vec<TraceStep>>,
-    ) -> (DecidedBy, Arc<str>, Option<Arc<Lookup>>) {
+    ) -> (DecidedBy, Reason, Option<Arc<Lookup>>) {
         match answer {
             Answer::Pending => {
                 let by = DecidedBy::LookupPending;
@@ -341,14 +343,14 @@ impl Snapshot {
     }
 
     /// Bans, `lists.allow`, `lists.block`, in that order.
-    pub(crate) fn list_step(&self, ip: IpAddr) -> Option<(DecidedBy, Arc<str>)> {
+    pub(crate) fn list_step(&self, ip: IpAddr) -> Option<(DecidedBy, Reason)> {
         if let Some(ban) = self.bans.find(ip) {
             let reason = if ban.reason.is_empty() {
                 format!("banned ({})", ban.cidr)
             } else {
                 ban.reason
             };
-            return Some((DecidedBy::Ban, Arc::from(reason)));
+            return Some((DecidedBy::Ban, Reason::from(reason)));
         }
         let fixed = |by: DecidedBy| {
             let reason = self.fixed_reasons[by.slot()].clone();
@@ -364,7 +366,7 @@ impl Snapshot {
     }
 
     /// The verdict, what decided and why, for an outcome of the rules.
-    fn outcome(&self, outcome: &Outcome, rep: Option<&Lookup>) -> (DecidedBy, Arc<str>) {
+    fn outcome(&self, outcome: &Outcome, rep: Option<&Lookup>) -> (DecidedBy, Reason) {
         match *outcome {
             Outcome::Rule { index, .. } => match self.rules.get(index) {
                 Some((by, reason)) => (by.clone(), reason.clone()),
@@ -392,7 +394,7 @@ impl Snapshot {
                 tracing::info!(rule = %rule_name, errors = %why, action = action.as_str(), "no reputation available; lookup.on_error decides");
                 (
                     DecidedBy::LookupError,
-                    Arc::from(format!(
+                    Reason::from(format!(
                         "rule `{rule_name}` needs reputation and none is available ({why})"
                     )),
                 )
@@ -410,7 +412,7 @@ impl Snapshot {
         &self,
         ip: IpAddr,
         by: DecidedBy,
-        reason: Arc<str>,
+        reason: Reason,
         reputation: Option<Arc<Lookup>>,
         started: Option<Moment>,
     ) -> Decision {
@@ -429,7 +431,7 @@ impl Snapshot {
         &self,
         ip: IpAddr,
         by: DecidedBy,
-        reason: Arc<str>,
+        reason: Reason,
         reputation: Option<Arc<Lookup>>,
     ) -> Decision {
         let verdict = self.verdict(&by);
@@ -445,7 +447,7 @@ impl Snapshot {
 
     /// The `invalid-client-ip` decision: refused (fail closed), counted; never blocks
     /// in dry_run mode.
-    pub(crate) fn refuse_invalid(&self, client_ip: IpAddr, reason: Arc<str>) -> Decision {
+    pub(crate) fn refuse_invalid(&self, client_ip: IpAddr, reason: Reason) -> Decision {
         self.finish(client_ip, DecidedBy::InvalidClientIp, reason, None, None)
     }
 
@@ -498,7 +500,7 @@ impl Snapshot {
     }
 
     /// The verdict and reason of an outcome decided on local facts (for explaining).
-    pub(crate) fn local_outcome(&self, outcome: &Outcome) -> (DecidedBy, Arc<str>) {
+    pub(crate) fn local_outcome(&self, outcome: &Outcome) -> (DecidedBy, Reason) {
         self.outcome(outcome, None)
     }
 }

@@ -34,8 +34,7 @@ pub struct RecentDecision {
     #[serde(serialize_with = "as_str")]
     pub rule: Arc<str>,
     /// Why, for operators.
-    #[serde(serialize_with = "as_str")]
-    pub reason: Arc<str>,
+    pub reason: crate::Reason,
 }
 
 fn as_str<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
@@ -254,7 +253,7 @@ mod tests {
             action,
             verdict,
             by,
-            reason: Arc::from("why"),
+            reason: crate::Reason::fixed("why"),
             reputation: None,
         }
     }

@@ -11,6 +11,7 @@ pub mod key;
 mod limits;
 pub mod quota;
 pub mod store;
+mod tally;
 mod tiered;
 mod writer;
 
@@ -214,8 +215,9 @@ struct Kept {
     /// The ban records found in `cache.path` when it was opened (taken once).
     bans_at_open: Mutex<Vec<(String, Vec<u8>)>>,
     /// Look-ups by result (hit, miss, stale, coalesced) since this state was made, for
-    /// the status page's hit rate.
+    /// the status page's hit rate. Hits, counted on the hot path, are a per-thread tally.
     lookups: [std::sync::atomic::AtomicU64; 4],
+    hits: tally::Tally,
     /// Raised after every eviction and flush: what the per-thread fronts stored
     /// before is no longer served.
     epoch: std::sync::atomic::AtomicU32,
@@ -367,6 +369,7 @@ impl Kept {
                 None => Vec::new(),
             }),
             lookups: Default::default(),
+            hits: Default::default(),
             epoch: Default::default(),
         });
         Ok((kept, store))
@@ -591,7 +594,11 @@ impl ReputationCache {
     #[inline]
     fn count(&self, result: usize) {
         self.inner.results[result].increment(1);
-        self.inner.shared.lookups[result].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if result == 0 {
+            self.inner.shared.hits.add_one();
+        } else {
+            self.inner.shared.lookups[result].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Look-ups since the cache was set up (a reload that changes `cache.path`,
@@ -599,7 +606,7 @@ impl ReputationCache {
     pub fn lookup_counts(&self) -> LookupCounts {
         let n = |i: usize| self.inner.shared.lookups[i].load(std::sync::atomic::Ordering::Relaxed);
         LookupCounts {
-            hit: n(0),
+            hit: self.inner.shared.hits.get(),
             miss: n(1),
             stale: n(2),
             coalesced: n(3),
