@@ -5,7 +5,7 @@
 //! - `layer_request_allowed`: a request through the tower layer to a service that answers
 //!   at once: what ipgate adds to a request in the process (decision, timing, log check,
 //!   status record), without the network;
-//! - `timing`: reading the clock twice and recording into the bucketed histogram, what
+//! - `timing`: reading the decision's clock (`clock::Moment`) twice and recording into the bucketed histogram, what
 //!   timing one decision adds;
 //! - `status_record`: recording one decision for the status page (ring + minute counts),
 //!   from one thread and from four at once.
@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
     let h = metrics::histogram!(ipgate::metrics::DECISION_SECONDS);
     g.bench_function("timing", |b| {
         b.iter(|| {
-            let t = Instant::now();
+            let t = ipgate::clock::Moment::now();
             h.record(black_box(t).elapsed().as_secs_f64());
         })
     });
