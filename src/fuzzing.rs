@@ -3,7 +3,9 @@
 //! bytes and checks what must hold whatever they are; none may panic. Not a stable API.
 
 use std::net::IpAddr;
+#[cfg(feature = "gateway")]
 use std::sync::OnceLock;
+#[cfg(feature = "gateway")]
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -119,6 +121,7 @@ mod tests {
     type Target = fn(&[u8]);
 
     fn targets() -> Vec<(&'static str, Target)> {
+        #[cfg_attr(not(feature = "gateway"), allow(unused_mut))]
         let mut t: Vec<(&'static str, Target)> = vec![
             ("forwarded_headers", super::forwarded_headers),
             ("config_yaml", super::config_yaml),
