@@ -5,33 +5,64 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::ThreadId;
+use std::sync::{Arc, Mutex, Weak};
 
-/// How many tallies a thread keeps its cells for at hand (more are found again by
-/// thread in the tally's list).
+/// How many tallies a thread keeps a cell in at once. A thread that moves on to
+/// another tally gives up its least recently used cell: the cell's count moves into the
+/// tally's `retired` sum, as it does when the thread ends.
 const AT_HAND: usize = 4;
 
 static IDS: AtomicU32 = AtomicU32::new(1);
 
 thread_local! {
-    /// This thread's cells, most recently used first: (tally id, cell).
-    static CELLS: RefCell<Vec<(u32, Arc<AtomicU64>)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's cells, most recently used first.
+    static CELLS: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A thread's cell in one tally.
+struct Held {
+    id: u32,
+    cell: Arc<AtomicU64>,
+    cells: Weak<Cells>,
+}
+
+impl Drop for Held {
+    /// The thread ends or moves on: its count joins the tally's retired sum.
+    fn drop(&mut self) {
+        if let Some(cells) = self.cells.upgrade() {
+            cells.retire(&self.cell);
+        }
+    }
+}
+
+/// The cells of the threads that count in a tally, and what ended threads counted.
+#[derive(Debug, Default)]
+struct Cells {
+    live: Mutex<(Vec<Arc<AtomicU64>>, u64)>,
+}
+
+impl Cells {
+    fn retire(&self, cell: &Arc<AtomicU64>) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = live.0.iter().position(|c| Arc::ptr_eq(c, cell)) {
+            live.0.swap_remove(i);
+            live.1 = live.1.wrapping_add(cell.load(Ordering::Relaxed));
+        }
+    }
 }
 
 /// A count summed over the threads that add to it.
 #[derive(Debug)]
 pub(crate) struct Tally {
     id: u32,
-    /// One cell per thread that ever added, with the thread it belongs to.
-    cells: Mutex<Vec<(ThreadId, Arc<AtomicU64>)>>,
+    cells: Arc<Cells>,
 }
 
 impl Default for Tally {
     fn default() -> Self {
         Tally {
             id: IDS.fetch_add(1, Ordering::Relaxed),
-            cells: Mutex::new(Vec::new()),
+            cells: Arc::default(),
         }
     }
 }
@@ -40,56 +71,65 @@ impl Tally {
     /// Adds one on this thread.
     #[inline]
     pub(crate) fn add_one(&self) {
-        // A thread that is being torn down has no thread-locals left: count through
-        // the shared list instead.
-        let added = CELLS.try_with(|cells| {
-            let mut cells = cells.borrow_mut();
-            if let Some((id, cell)) = cells.first()
-                && *id == self.id
+        let added = CELLS.try_with(|held| {
+            let mut held = held.borrow_mut();
+            if let Some(h) = held.first()
+                && h.id == self.id
             {
-                bump(cell);
+                bump(&h.cell);
                 return;
             }
-            let cell = match cells.iter().position(|(id, _)| *id == self.id) {
+            match held.iter().position(|h| h.id == self.id) {
                 Some(i) => {
-                    let found = cells.remove(i);
-                    cells.insert(0, found);
-                    &cells[0].1
+                    let h = held.remove(i);
+                    held.insert(0, h);
                 }
                 None => {
-                    cells.insert(0, (self.id, self.own_cell()));
-                    cells.truncate(AT_HAND);
-                    &cells[0].1
+                    let h = self.new_cell();
+                    held.insert(0, h);
+                    held.truncate(AT_HAND);
                 }
-            };
-            bump(cell);
+            }
+            if let Some(h) = held.first() {
+                bump(&h.cell);
+            }
         });
         if added.is_err() {
-            bump(&self.own_cell());
+            // The thread is ending and its cells are gone: add to the retired sum.
+            let mut live = self.cells.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.1 = live.1.wrapping_add(1);
         }
     }
 
-    /// This thread's cell in the list, made on its first add.
-    fn own_cell(&self) -> Arc<AtomicU64> {
-        let me = std::thread::current().id();
-        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
-        match cells.iter().find(|(t, _)| *t == me) {
-            Some((_, c)) => c.clone(),
-            None => {
-                let c = Arc::new(AtomicU64::new(0));
-                cells.push((me, c.clone()));
-                c
-            }
+    /// A new cell for this thread, listed in the tally.
+    fn new_cell(&self) -> Held {
+        let cell = Arc::new(AtomicU64::new(0));
+        let mut live = self.cells.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.0.push(cell.clone());
+        Held {
+            id: self.id,
+            cell,
+            cells: Arc::downgrade(&self.cells),
         }
     }
 
-    /// The sum over all threads.
+    /// The sum over all threads, ended ones included.
     pub(crate) fn get(&self) -> u64 {
-        let cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
-        cells
+        let live = self.cells.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.0
             .iter()
-            .map(|(_, c)| c.load(Ordering::Relaxed))
-            .fold(0u64, u64::wrapping_add)
+            .map(|c| c.load(Ordering::Relaxed))
+            .fold(live.1, u64::wrapping_add)
+    }
+
+    #[cfg(test)]
+    fn live_cells(&self) -> usize {
+        self.cells
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .len()
     }
 }
 
@@ -125,12 +165,12 @@ mod tests {
         }
         t.add_one();
         assert_eq!(t.get(), 80_001);
-        // One cell per thread that added.
-        assert_eq!(t.cells.lock().unwrap().len(), 9);
+        // The ended threads' counts were retired: only this thread's cell is live.
+        assert_eq!(t.live_cells(), 1);
     }
 
     #[test]
-    fn a_thread_that_moves_between_more_tallies_than_it_keeps_reuses_its_cells() {
+    fn a_thread_that_moves_between_more_tallies_than_it_keeps_loses_no_count() {
         let tallies: Vec<Tally> = (0..AT_HAND * 3).map(|_| Tally::default()).collect();
         for round in 0..5 {
             for t in &tallies {
@@ -142,7 +182,27 @@ mod tests {
             }
         }
         for t in &tallies {
-            assert_eq!(t.cells.lock().unwrap().len(), 1, "one cell for this thread");
+            assert!(t.live_cells() <= 1, "at most one cell for this thread");
         }
+    }
+
+    #[test]
+    fn a_tally_dropped_before_the_threads_that_counted_in_it_is_forgotten_quietly() {
+        let t = Tally::default();
+        let t2 = Tally::default();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                t.add_one();
+                t2.add_one();
+            });
+        });
+        t2.add_one();
+        drop(t);
+        // This thread still holds a cell of t2 only; another thread's end and a new
+        // tally on this thread evict nothing that is gone.
+        let t3 = Tally::default();
+        t3.add_one();
+        assert_eq!(t2.get(), 2);
+        assert_eq!(t3.get(), 1);
     }
 }
