@@ -118,8 +118,6 @@ pub(crate) struct Snapshot {
     counters: Counters,
     /// `DecidedBy::Rule` of each rule, and the reason it gives (shared, not rebuilt).
     rules: Vec<(DecidedBy, Reason)>,
-    /// The reason of each fixed kind, by slot.
-    fixed_reasons: [Reason; 7],
     dry_run: bool,
 }
 
@@ -180,9 +178,6 @@ impl Snapshot {
         );
         Snapshot {
             counters,
-            fixed_reasons: DecidedBy::FIXED
-                .clone()
-                .map(|k| Reason::fixed(k.fixed_name().unwrap_or_default())),
             allow: config.lists.allow.iter().map(|c| c.0).collect(),
             block: config.lists.block.iter().map(|c| c.0).collect(),
             config: Arc::new(config),
@@ -327,7 +322,7 @@ impl Snapshot {
         match answer {
             Answer::Pending => {
                 let by = DecidedBy::LookupPending;
-                let reason = self.fixed_reasons[by.slot()].clone();
+                let reason = fixed_reason(&by);
                 (by, reason, None)
             }
             Answer::Known(l) => {
@@ -353,7 +348,7 @@ impl Snapshot {
             return Some((DecidedBy::Ban, Reason::from(reason)));
         }
         let fixed = |by: DecidedBy| {
-            let reason = self.fixed_reasons[by.slot()].clone();
+            let reason = fixed_reason(&by);
             Some((by, reason))
         };
         if self.allow.contains(ip) {
@@ -370,15 +365,9 @@ impl Snapshot {
         match *outcome {
             Outcome::Rule { index, .. } => match self.rules.get(index) {
                 Some((by, reason)) => (by.clone(), reason.clone()),
-                None => (
-                    DecidedBy::Default,
-                    self.fixed_reasons[DecidedBy::Default.slot()].clone(),
-                ),
+                None => (DecidedBy::Default, fixed_reason(&DecidedBy::Default)),
             },
-            Outcome::Default(_) => (
-                DecidedBy::Default,
-                self.fixed_reasons[DecidedBy::Default.slot()].clone(),
-            ),
+            Outcome::Default(_) => (DecidedBy::Default, fixed_reason(&DecidedBy::Default)),
             Outcome::LookupFailed { index, action } => {
                 self.counters.lookup_failures.increment(1);
                 let why = rep
@@ -503,6 +492,11 @@ impl Snapshot {
     pub(crate) fn local_outcome(&self, outcome: &Outcome) -> (DecidedBy, Reason) {
         self.outcome(outcome, None)
     }
+}
+
+/// The reason of a kind that is not a rule: its name, as fixed text.
+fn fixed_reason(by: &DecidedBy) -> Reason {
+    Reason::fixed(by.fixed_name().unwrap_or_default())
 }
 
 /// The verdict each kind of decision gives: one per kind.

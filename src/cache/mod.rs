@@ -214,10 +214,11 @@ struct Kept {
     cooldowns: Mutex<HashMap<ProviderId, limits::Cooldown>>,
     /// The ban records found in `cache.path` when it was opened (taken once).
     bans_at_open: Mutex<Vec<(String, Vec<u8>)>>,
-    /// Look-ups by result (hit, miss, stale, coalesced) since this state was made, for
-    /// the status page's hit rate. Hits, counted on the hot path, are a per-thread tally.
-    lookups: [std::sync::atomic::AtomicU64; 4],
+    /// Look-ups by result since this state was made, for the status page's hit rate:
+    /// hits (counted on the hot path) in a per-thread tally, then miss, stale and
+    /// coalesced.
     hits: tally::Tally,
+    others: [std::sync::atomic::AtomicU64; 3],
     /// Raised after every eviction and flush: what the per-thread fronts stored
     /// before is no longer served.
     epoch: std::sync::atomic::AtomicU32,
@@ -368,8 +369,8 @@ impl Kept {
                 Some(st) => st.load_state("ban:")?,
                 None => Vec::new(),
             }),
-            lookups: Default::default(),
             hits: Default::default(),
+            others: Default::default(),
             epoch: Default::default(),
         });
         Ok((kept, store))
@@ -594,22 +595,25 @@ impl ReputationCache {
     #[inline]
     fn count(&self, result: usize) {
         self.inner.results[result].increment(1);
-        if result == 0 {
-            self.inner.shared.hits.add_one();
-        } else {
-            self.inner.shared.lookups[result].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match result.checked_sub(1) {
+            None => self.inner.shared.hits.add_one(),
+            Some(i) => {
+                if let Some(n) = self.inner.shared.others.get(i) {
+                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
         }
     }
 
     /// Look-ups since the cache was set up (a reload that changes `cache.path`,
     /// `max_entries` or `ipv6_prefix` starts again): hits, misses, stale, coalesced.
     pub fn lookup_counts(&self) -> LookupCounts {
-        let n = |i: usize| self.inner.shared.lookups[i].load(std::sync::atomic::Ordering::Relaxed);
+        let n = |i: usize| self.inner.shared.others[i].load(std::sync::atomic::Ordering::Relaxed);
         LookupCounts {
             hit: self.inner.shared.hits.get(),
-            miss: n(1),
-            stale: n(2),
-            coalesced: n(3),
+            miss: n(0),
+            stale: n(1),
+            coalesced: n(2),
         }
     }
 
