@@ -146,6 +146,71 @@ fn bench(c: &mut Criterion) {
             black_box(cache.cached(client(k)))
         })
     });
+    // Where the uniform hit's time goes (docs/benchmarks.md, "Sixth round"): the same
+    // probe with the time given (no clock read of its own), the bare main-cache probe,
+    // the same structure built fresh, and the one-line layout, all over the same answers.
+    let m0 = ipgate::clock::Moment::now();
+    let mut pa = 0u32;
+    g.bench_function("component_cache_cached_at_1M", |b| {
+        b.iter(|| {
+            pa = (pa + 7919) % N;
+            black_box(cache.cached_at(client(pa), m0))
+        })
+    });
+    let mut pk = 0u32;
+    g.bench_function("component_cache_peek_1M", |b| {
+        b.iter(|| {
+            pk = (pk + 7919) % N;
+            black_box(cache.peek(client(pk)))
+        })
+    });
+    // The cache's key and value shapes (an IP key, three expiries, the answer) in a
+    // fresh quick_cache holding the same answers.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+    enum Key {
+        V4(u32),
+        #[allow(dead_code)]
+        V6([u8; 16], u8),
+    }
+    type Val = ([u64; 3], std::sync::Arc<ipgate::reputation::Lookup>);
+    let same: quick_cache::sync::Cache<Key, Val> = quick_cache::sync::Cache::new(2_000_000);
+    for x in 0..N {
+        if let Some(l) = cache.cached(client(x)) {
+            same.insert(Key::V4(0x0b00_0000u32 + x), ([u64::MAX; 3], l));
+        }
+    }
+    let mut sq = 0u32;
+    g.bench_function("baseline_quick_cache_same_shapes_1M", |b| {
+        b.iter(|| {
+            sq = (sq + 7919) % N;
+            black_box(same.get(&Key::V4(0x0b00_0000u32 + sq)).map(|(_, l)| l))
+        })
+    });
+    // Each entry (key, expiry, answer) in one cache line found from the key's hash.
+    let table = one_line::Table::new(2 * N as usize);
+    for x in 0..N {
+        if let Some(l) = cache.cached(client(x)) {
+            table.insert(x, u64::MAX, l);
+        }
+    }
+    let held = (0..N).filter(|&x| table.get(x, 1).is_some()).count();
+    eprintln!("one-line table: {held} of {N} keys held in its first or second line");
+    let mut t = 0u32;
+    g.bench_function("baseline_one_line_table_1M", |b| {
+        b.iter(|| {
+            t = (t + 7919) % N;
+            black_box(table.get(t, 1))
+        })
+    });
+    // The same with a clock read per probe, as `cached` makes.
+    let mut tc = 0u32;
+    g.bench_function("baseline_one_line_table_1M_clock_read", |b| {
+        b.iter(|| {
+            tc = (tc + 7919) % N;
+            black_box(ipgate::clock::Moment::now());
+            black_box(table.get(tc, 1))
+        })
+    });
     let plain: quick_cache::sync::Cache<u32, u64> = quick_cache::sync::Cache::new(2_000_000);
     for x in 0..N {
         plain.insert(x, u64::from(x));
@@ -165,6 +230,63 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// A table whose entries each fill one 64-byte line, for the measurement above: a key
+/// has two candidate lines (two halves of its hash), each behind its own lock, and a
+/// hit reads one line then the answer's reference count.
+mod one_line {
+    use std::sync::{Arc, Mutex};
+
+    use ipgate::reputation::Lookup;
+
+    #[derive(Default)]
+    #[repr(align(64))]
+    struct Line(Mutex<Option<(u32, u64, Arc<Lookup>)>>);
+
+    pub struct Table {
+        lines: Vec<Line>,
+        mask: usize,
+    }
+
+    fn candidates(key: u32, mask: usize) -> [usize; 2] {
+        let h = u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        [(h >> 32) as usize & mask, h as usize & mask]
+    }
+
+    impl Table {
+        pub fn new(lines: usize) -> Table {
+            let n = lines.next_power_of_two();
+            Table {
+                lines: (0..n).map(|_| Line::default()).collect(),
+                mask: n - 1,
+            }
+        }
+
+        /// Stores in the first empty candidate, else replaces the second.
+        pub fn insert(&self, key: u32, expires_ms: u64, lookup: Arc<Lookup>) {
+            let [a, b] = candidates(key, self.mask);
+            let mut first = self.lines[a].0.lock().unwrap();
+            if first.is_none() || first.as_ref().is_some_and(|e| e.0 == key) {
+                *first = Some((key, expires_ms, lookup));
+                return;
+            }
+            drop(first);
+            *self.lines[b].0.lock().unwrap() = Some((key, expires_ms, lookup));
+        }
+
+        pub fn get(&self, key: u32, now_ms: u64) -> Option<Arc<Lookup>> {
+            for i in candidates(key, self.mask) {
+                let line = self.lines[i].0.lock().unwrap();
+                if let Some((k, expires, l)) = line.as_ref()
+                    && *k == key
+                {
+                    return (*expires > now_ms).then(|| l.clone());
+                }
+            }
+            None
+        }
+    }
 }
 
 criterion_group! {
