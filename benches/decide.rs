@@ -164,6 +164,10 @@ fn bench(c: &mut Criterion) {
             black_box(cache.peek(client(pk)))
         })
     });
+    // The cache's answers, to fill the structures below with the same ones.
+    let answers: Vec<(u32, std::sync::Arc<ipgate::reputation::Lookup>)> = (0..N)
+        .filter_map(|x| cache.cached(client(x)).map(|l| (x, l)))
+        .collect();
     // The cache's key and value shapes (an IP key, three expiries, the answer) in a
     // fresh quick_cache holding the same answers.
     #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,10 +178,8 @@ fn bench(c: &mut Criterion) {
     }
     type Val = ([u64; 3], std::sync::Arc<ipgate::reputation::Lookup>);
     let same: quick_cache::sync::Cache<Key, Val> = quick_cache::sync::Cache::new(2_000_000);
-    for x in 0..N {
-        if let Some(l) = cache.cached(client(x)) {
-            same.insert(Key::V4(0x0b00_0000u32 + x), ([u64::MAX; 3], l));
-        }
+    for (x, l) in &answers {
+        same.insert(Key::V4(0x0b00_0000u32 + x), ([u64::MAX; 3], l.clone()));
     }
     let mut sq = 0u32;
     g.bench_function("baseline_quick_cache_same_shapes_1M", |b| {
@@ -186,12 +188,11 @@ fn bench(c: &mut Criterion) {
             black_box(same.get(&Key::V4(0x0b00_0000u32 + sq)).map(|(_, l)| l))
         })
     });
+    drop(same);
     // Each entry (key, expiry, answer) in one cache line found from the key's hash.
     let table = one_line::Table::new(2 * N as usize);
-    for x in 0..N {
-        if let Some(l) = cache.cached(client(x)) {
-            table.insert(x, u64::MAX, l);
-        }
+    for (x, l) in answers {
+        table.insert(x, u64::MAX, l);
     }
     let held = (0..N).filter(|&x| table.get(x, 1).is_some()).count();
     eprintln!("one-line table: {held} of {N} keys held in its first or second line");
@@ -211,6 +212,7 @@ fn bench(c: &mut Criterion) {
             black_box(table.get(tc, 1))
         })
     });
+    drop(table);
     let plain: quick_cache::sync::Cache<u32, u64> = quick_cache::sync::Cache::new(2_000_000);
     for x in 0..N {
         plain.insert(x, u64::from(x));
