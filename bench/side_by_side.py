@@ -38,7 +38,11 @@ UNPINNED_CASES = [c for c in os.environ.get("UNPINNED_CASES", "allow,cidr1m").sp
 
 
 def sh(cmd, **kw):
-    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout
+    done = subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+    # wrk reports a broken Lua script on stderr and then runs without it: fail instead.
+    if cmd and "wrk" in cmd[0:3] and ".lua" in done.stderr:
+        raise RuntimeError(f"wrk script error: {done.stderr.strip()[:300]}")
+    return done.stdout
 
 
 def port_free(port):
@@ -264,7 +268,7 @@ counter = 0
 request = function()
   counter = counter + 1
   local i = counter % {CACHED}
-  return wrk.format("GET", "/", {{["X-Forwarded-For"] = string.format("11.%d.%d.%d", (i >> 16) & 255, (i >> 8) & 255, i & 255)}})
+  return wrk.format("GET", "/", {{["X-Forwarded-For"] = string.format("11.%d.%d.%d", math.floor(i / 65536) % 256, math.floor(i / 256) % 256, i % 256)}})
 end
 """)
     return script
@@ -297,7 +301,7 @@ def run(w, cases, pinned):
                         # Both proxies of the cached case get the same requests (clients spread
                         # over CACHED addresses in X-Forwarded-For); only ipgate needs the warm-up.
                         script = warm_cached(w) if case == "cached100k" else None
-                        if script and name == "ipgate":
+                        if script and name in ("ipgate", "before"):
                             # Warm: every client once (and the measured run uses the same script).
                             sh(["wrk", "-t1", "-c8", "-d3s", "-s", script, f"http://127.0.0.1:{PROXY_PORT}/"])
                         if case == "h2c":

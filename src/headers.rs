@@ -8,7 +8,6 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Names this module sets or tests that `http` has no constant for.
@@ -229,15 +228,43 @@ pub(crate) fn prepare_request(
 /// `chain`, canonical, each address written by `each`, joined by `, `. `None` only if
 /// the text were not a valid header value (addresses and the fixed text around them
 /// always are).
+///
+/// The text is written into a buffer kept by the thread and copied once into the value:
+/// one allocation of the exact size per header. (Handing over a `String` of spare
+/// capacity costs two: the string, and the shared header `Bytes` puts in front of a
+/// buffer it cannot adopt whole.)
 fn join_chain(chain: &[IpAddr], mut each: impl FnMut(&mut String, IpAddr)) -> Option<HeaderValue> {
-    let mut out = String::with_capacity(chain.len() * 18);
-    for (i, ip) in chain.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
+    let mut write = |out: &mut String| {
+        for (i, ip) in chain.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            each(out, ip.to_canonical());
         }
-        each(&mut out, ip.to_canonical());
-    }
-    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
+        HeaderValue::from_str(out).ok()
+    };
+    SCRATCH
+        .try_with(|scratch| {
+            let mut out = scratch.try_borrow_mut().ok()?;
+            out.clear();
+            let value = write(&mut out);
+            // A long chain once does not keep its buffer for the thread's life.
+            if out.capacity() > SCRATCH_KEEP {
+                *out = String::new();
+            }
+            Some(value)
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| write(&mut String::new()))
+}
+
+/// The most a thread keeps of [`SCRATCH`] between headers.
+const SCRATCH_KEEP: usize = 1024;
+
+thread_local! {
+    /// The buffer [`join_chain`] writes into.
+    static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// Appends `ip` in its usual text form; an IPv4 address (every request's
@@ -366,6 +393,22 @@ fn write_forwarding(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn chains_are_joined_whole_one_after_another_long_or_short() {
+        let long: Vec<IpAddr> = (0..100u16)
+            .map(|i| IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, i]))
+            .collect();
+        let v = join_chain(&long, push_ip).unwrap();
+        let text = v.to_str().unwrap();
+        assert_eq!(text.split(", ").count(), 100);
+        assert!(text.starts_with("2001:db8::, 2001:db8::1, "));
+        assert!(text.ends_with(", 2001:db8::63"));
+        // The thread's buffer is reused: a short chain after a long one is only itself.
+        let short = [IpAddr::from([192, 0, 2, 1]), IpAddr::from([10, 0, 0, 1])];
+        assert_eq!(join_chain(&short, push_ip).unwrap(), "192.0.2.1, 10.0.0.1");
+        assert_eq!(join_chain(&short[1..], push_ip).unwrap(), "10.0.0.1");
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
