@@ -2,8 +2,11 @@
 //! outlive every reload. Cheap to clone; shared by the server, the layer and the admin
 //! API.
 
+use std::future::{Future, Ready};
 use std::net::IpAddr;
 use std::sync::Arc;
+
+use futures_util::future::{BoxFuture, Either};
 
 use arc_swap::ArcSwap;
 
@@ -349,30 +352,44 @@ impl Gate {
 
     /// Resolves the client IP of a request from its peer and headers, then decides.
     /// The whole decision is made on the configuration in force when it starts.
-    pub async fn decide_request(&self, peer: IpAddr, headers: &http::HeaderMap) -> Decision {
+    ///
+    /// The decision is made in this call as far as it can go without waiting: lists,
+    /// bans, feeds and a fresh cached reputation. The future returned is then ready at
+    /// once, or it waits for the provider look-up a rule needs (bounded by
+    /// `lookup.timeout`). It borrows nothing: `headers` are read before this returns.
+    pub fn decide_request(
+        &self,
+        peer: IpAddr,
+        headers: &http::HeaderMap,
+    ) -> impl Future<Output = Decision> + Send + 'static {
         // Most decisions never wait: they read the snapshot without taking a reference
         // to it (no shared count touched); one that waits keeps it.
         let live = self.inner.live.load();
         let step = live.decide_request_now(peer, headers);
-        Self::finish(live, step).await
+        Self::finish(live, step)
     }
 
-    /// Decides for a client IP.
-    pub async fn decide(&self, ip: IpAddr) -> Decision {
+    /// Decides for a client IP: made in this call up to the first wait, as
+    /// [`Self::decide_request`].
+    pub fn decide(&self, ip: IpAddr) -> impl Future<Output = Decision> + Send + 'static {
         let live = self.inner.live.load();
         let step = live.decide_ip_now(ip);
-        Self::finish(live, step).await
+        Self::finish(live, step)
     }
 
-    /// The decision of a step made on `live`. A step that needs a look-up waits on that
-    /// same snapshot, in a boxed future: the caller's future stays a few words long
-    /// (it is moved on every poll of a decision that never waits).
-    async fn finish(live: arc_swap::Guard<Arc<Snapshot>>, step: Step) -> Decision {
+    /// The decision of a step made on `live`: ready, or, for a step that needs a
+    /// look-up, a boxed future that waits on that same snapshot. The future handed to
+    /// the caller is a decision and a tag (it is moved on every poll of the decisions
+    /// that never wait).
+    fn finish(
+        live: arc_swap::Guard<Arc<Snapshot>>,
+        step: Step,
+    ) -> Either<Ready<Decision>, BoxFuture<'static, Decision>> {
         match step {
-            Step::Done(d) => d,
+            Step::Done(d) => Either::Left(std::future::ready(d)),
             Step::Lookup { .. } => {
                 let live = arc_swap::Guard::into_inner(live);
-                Box::pin(async move { live.finish_step(step).await }).await
+                Either::Right(Box::pin(async move { live.finish_step(step).await }))
             }
         }
     }

@@ -76,3 +76,36 @@ async fn a_reload_during_the_look_up_does_not_change_the_policy_of_a_request() {
     assert_eq!(d.rule(), "new-allow-threats");
     assert!(!d.is_blocked());
 }
+
+/// `decide_request` decides in the call as far as it can without waiting: the future it
+/// returns borrows neither the gate nor the headers, and a reload before it is first
+/// polled does not change the configuration it decides on.
+#[tokio::test]
+async fn a_decision_is_started_by_the_call_and_its_future_borrows_nothing() {
+    let entered = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let source = Arc::new(HeldSource {
+        entered: entered.clone(),
+        release: release.clone(),
+    });
+    let gate = Gate::with_source(Config::from_yaml(OLD, "old").unwrap(), source)
+        .await
+        .unwrap();
+    let pending = {
+        let g = gate.clone();
+        let headers = http::HeaderMap::new();
+        let f = g.decide_request("198.51.100.21".parse().unwrap(), &headers);
+        drop(headers);
+        drop(g);
+        f
+    };
+    gate.reload(Config::from_yaml(NEW, "new").unwrap())
+        .await
+        .unwrap();
+    let task = tokio::spawn(pending);
+    entered.notified().await;
+    release.notify_one();
+    let d = task.await.unwrap();
+    assert_eq!(d.rule(), "old-block-threats");
+    assert!(d.is_blocked());
+}
