@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Names this module sets or tests that `http` has no constant for.
@@ -229,60 +230,74 @@ pub(crate) fn prepare_request(
 /// the text were not a valid header value (addresses and the fixed text around them
 /// always are).
 ///
-/// The text is written into a buffer kept by the thread and copied once into the value:
-/// one allocation of the exact size per header. (Handing over a `String` of spare
-/// capacity costs two: the string, and the shared header `Bytes` puts in front of a
-/// buffer it cannot adopt whole.)
-fn join_chain(chain: &[IpAddr], mut each: impl FnMut(&mut String, IpAddr)) -> Option<HeaderValue> {
-    let mut write = |out: &mut String| {
+/// The text is written at the end of a block the thread keeps ([`BLOCK_SIZE`] bytes)
+/// and the value shares that block, as hyper's parsed header values share its read
+/// buffer: no allocation per header, one per block. A value that is still in use keeps
+/// its block alive; a block is replaced when its free end is too short.
+fn join_chain(
+    chain: &[IpAddr],
+    mut each: impl FnMut(&mut BytesMut, IpAddr),
+) -> Option<HeaderValue> {
+    // The longest form an address takes here: `for="[` + 45 + `]"` + `, `.
+    let need = chain.len().saturating_mul(56);
+    let mut write = |out: &mut BytesMut| {
         for (i, ip) in chain.iter().enumerate() {
             if i > 0 {
-                out.push_str(", ");
+                out.extend_from_slice(b", ");
             }
             each(out, ip.to_canonical());
         }
-        HeaderValue::from_str(out).ok()
     };
-    SCRATCH
-        .try_with(|scratch| {
-            let mut out = scratch.try_borrow_mut().ok()?;
-            out.clear();
-            let value = write(&mut out);
-            // A long chain once does not keep its buffer for the thread's life.
-            if out.capacity() > SCRATCH_KEEP {
-                *out = String::new();
+    let shared = BLOCK
+        .try_with(|block| {
+            let mut block = block.try_borrow_mut().ok()?;
+            if block.capacity() - block.len() < need {
+                if need > BLOCK_SIZE / 4 {
+                    // A long chain gets a buffer of its own.
+                    return None;
+                }
+                *block = BytesMut::with_capacity(BLOCK_SIZE);
             }
-            Some(value)
+            write(&mut block);
+            Some(block.split().freeze())
         })
         .ok()
-        .flatten()
-        .unwrap_or_else(|| write(&mut String::new()))
+        .flatten();
+    let bytes = match shared {
+        Some(b) => b,
+        None => {
+            let mut own = BytesMut::with_capacity(need);
+            write(&mut own);
+            own.freeze()
+        }
+    };
+    HeaderValue::from_maybe_shared(bytes).ok()
 }
 
-/// The most a thread keeps of [`SCRATCH`] between headers.
-const SCRATCH_KEEP: usize = 1024;
+/// The size of the blocks [`join_chain`] writes into.
+const BLOCK_SIZE: usize = 4096;
 
 thread_local! {
-    /// The buffer [`join_chain`] writes into.
-    static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    /// The free end of the block [`join_chain`] writes into.
+    static BLOCK: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 /// Appends `ip` in its usual text form; an IPv4 address (every request's
 /// `X-Forwarded-For`) without the formatting machinery.
-fn push_ip(out: &mut String, ip: IpAddr) {
+fn push_ip(out: &mut BytesMut, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.put_u8(b'.');
                 }
                 if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
+                    out.put_u8(b'0' + octet / 100);
                 }
                 if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
+                    out.put_u8(b'0' + octet / 10 % 10);
                 }
-                out.push(char::from(b'0' + octet % 10));
+                out.put_u8(b'0' + octet % 10);
             }
         }
         IpAddr::V6(v6) => {
@@ -404,10 +419,22 @@ mod tests {
         assert_eq!(text.split(", ").count(), 100);
         assert!(text.starts_with("2001:db8::, 2001:db8::1, "));
         assert!(text.ends_with(", 2001:db8::63"));
-        // The thread's buffer is reused: a short chain after a long one is only itself.
+        // Short chains share the thread's block: each value is only itself, and stays
+        // so while later ones are written after it, over more than one block.
         let short = [IpAddr::from([192, 0, 2, 1]), IpAddr::from([10, 0, 0, 1])];
-        assert_eq!(join_chain(&short, push_ip).unwrap(), "192.0.2.1, 10.0.0.1");
-        assert_eq!(join_chain(&short[1..], push_ip).unwrap(), "10.0.0.1");
+        let first = join_chain(&short, push_ip).unwrap();
+        let kept: Vec<HeaderValue> = (0..200)
+            .map(|i| join_chain(&short[i % 2..], push_ip).unwrap())
+            .collect();
+        assert_eq!(first, "192.0.2.1, 10.0.0.1");
+        for (i, v) in kept.iter().enumerate() {
+            let want = if i % 2 == 0 {
+                "192.0.2.1, 10.0.0.1"
+            } else {
+                "10.0.0.1"
+            };
+            assert_eq!(v, want);
+        }
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -449,9 +476,9 @@ mod tests {
             "255.255.255.255",
             "2001:db8::1",
         ] {
-            let mut out = String::new();
+            let mut out = BytesMut::new();
             push_ip(&mut out, ip.parse().unwrap());
-            assert_eq!(out, ip);
+            assert_eq!(&out[..], ip.as_bytes());
         }
     }
 
