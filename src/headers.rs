@@ -423,7 +423,7 @@ mod tests {
         // so while later ones are written after it, over more than one block.
         let short = [IpAddr::from([192, 0, 2, 1]), IpAddr::from([10, 0, 0, 1])];
         let first = join_chain(&short, push_ip).unwrap();
-        let kept: Vec<HeaderValue> = (0..200)
+        let kept: Vec<HeaderValue> = (0..600)
             .map(|i| join_chain(&short[i % 2..], push_ip).unwrap())
             .collect();
         assert_eq!(first, "192.0.2.1, 10.0.0.1");
