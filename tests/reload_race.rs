@@ -42,8 +42,9 @@ rules:
   - { name: new-allow-threats, when: { status: threat }, action: allow }
 ";
 
-#[tokio::test]
-async fn a_reload_during_the_look_up_does_not_change_the_policy_of_a_request() {
+/// A gate on the `OLD` policy whose look-ups wait for `release` (the second value tells
+/// when one starts: `entered`).
+async fn held_gate() -> (Gate, Arc<Notify>, Arc<Notify>) {
     let entered = Arc::new(Notify::new());
     let release = Arc::new(Notify::new());
     let source = Arc::new(HeldSource {
@@ -53,6 +54,12 @@ async fn a_reload_during_the_look_up_does_not_change_the_policy_of_a_request() {
     let gate = Gate::with_source(Config::from_yaml(OLD, "old").unwrap(), source)
         .await
         .unwrap();
+    (gate, entered, release)
+}
+
+#[tokio::test]
+async fn a_reload_during_the_look_up_does_not_change_the_policy_of_a_request() {
+    let (gate, entered, release) = held_gate().await;
     let ip: IpAddr = "198.51.100.20".parse().unwrap();
 
     let g = gate.clone();
@@ -82,15 +89,7 @@ async fn a_reload_during_the_look_up_does_not_change_the_policy_of_a_request() {
 /// polled does not change the configuration it decides on.
 #[tokio::test]
 async fn a_decision_is_started_by_the_call_and_its_future_borrows_nothing() {
-    let entered = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
-    let source = Arc::new(HeldSource {
-        entered: entered.clone(),
-        release: release.clone(),
-    });
-    let gate = Gate::with_source(Config::from_yaml(OLD, "old").unwrap(), source)
-        .await
-        .unwrap();
+    let (gate, entered, release) = held_gate().await;
     let pending = {
         let g = gate.clone();
         let headers = http::HeaderMap::new();
