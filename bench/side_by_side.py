@@ -40,7 +40,7 @@ UNPINNED_CASES = [c for c in os.environ.get("UNPINNED_CASES", "allow,cidr1m").sp
 def sh(cmd, **kw):
     done = subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
     # wrk reports a broken Lua script on stderr and then runs without it: fail instead.
-    if cmd and "wrk" in cmd[0:3] and ".lua" in done.stderr:
+    if "wrk" in cmd and ".lua" in done.stderr:
         raise RuntimeError(f"wrk script error: {done.stderr.strip()[:300]}")
     return done.stdout
 
@@ -299,7 +299,7 @@ def run(w, cases, pinned):
                             raise RuntimeError(f"{name} exited ({p.returncode}) instead of listening")
                         idle = rss_kib(p.pid)
                         # Both proxies of the cached case get the same requests (clients spread
-                        # over CACHED addresses in X-Forwarded-For); only ipgate needs the warm-up.
+                        # over CACHED addresses in X-Forwarded-For); only the ipgate builds need the warm-up.
                         script = warm_cached(w) if case == "cached100k" else None
                         if script and name in ("ipgate", "before"):
                             # Warm: every client once (and the measured run uses the same script).
