@@ -120,18 +120,31 @@ pub fn install_exporter() -> Result<Exporter, metrics_exporter_prometheus::Build
         .install_recorder()?;
     // Histogram samples wait in a buffer until they are folded into their buckets:
     // without a scrape to do it, the buffer would grow with every request. Fold them
-    // every few seconds whether or not anyone scrapes.
+    // every few seconds whether or not anyone scrapes. A task of the runtime, not a
+    // thread: a process with one thread makes its system calls without glibc's
+    // cancellation bookkeeping (about 0.1 µs a request on one CPU).
     let upkeep = handle.clone();
-    let spawned = std::thread::Builder::new()
-        .name("ipgate-metrics-upkeep".into())
-        .spawn(move || {
+    const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + UPKEEP, UPKEEP);
             loop {
-                std::thread::sleep(std::time::Duration::from_secs(5));
+                every.tick().await;
                 upkeep.run_upkeep();
             }
         });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the metrics upkeep: histograms are folded only when /metrics is scraped");
+    } else {
+        let spawned = std::thread::Builder::new()
+            .name("ipgate-metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the metrics upkeep: histograms are folded only when /metrics is scraped");
+        }
     }
     let process = metrics_process::Collector::default();
     process.describe();

@@ -4,7 +4,6 @@
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,78 +14,48 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use crate::bans::Bans;
 use crate::decision::Decision;
 use crate::headers;
 use crate::snapshot::Snapshot;
-use crate::upstream_pool::{Lease, Pool};
+use crate::upstream_h1::BodyError;
+use crate::upstream_pool::{Pool, PoolError, UpstreamBody};
 
 /// The proxy's response body: the upstream's, streamed as it comes, or a short text of
 /// the gateway's own. Not boxed: a response costs no allocation for its body type.
 pub(crate) enum ProxyBody {
-    /// The upstream's body.
-    Upstream(UpstreamBody),
+    /// The upstream's body (its connection goes back to the pool at its end).
+    Upstream(UpstreamBody<UpstreamConnector>),
     /// The gateway's own (an error text; empty after an upgrade).
     Local(Full<Bytes>),
 }
 
-/// The upstream's response body and the lease of its connection, handed back to the
-/// pool as soon as the body has been read to its end.
-pub(crate) struct UpstreamBody {
-    inner: Incoming,
-    lease: UpstreamLease,
-}
-
-impl UpstreamBody {
-    fn new(inner: Incoming, mut lease: UpstreamLease) -> UpstreamBody {
-        if hyper::body::Body::is_end_stream(&inner) {
-            lease.release();
-        }
-        UpstreamBody { inner, lease }
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // Read to its end (the server may stop polling once is_end_stream says so):
-        // the connection is reusable. Otherwise the lease closes it.
-        if hyper::body::Body::is_end_stream(&self.inner) {
-            self.lease.release();
-        }
-    }
-}
-
 impl hyper::body::Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b) => {
-                let frame = std::task::ready!(Pin::new(&mut b.inner).poll_frame(cx));
-                if frame.is_none() || hyper::body::Body::is_end_stream(&b.inner) {
-                    b.lease.release();
-                }
-                Poll::Ready(frame)
-            }
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|n| match n {}),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(b) => hyper::body::Body::is_end_stream(&b.inner),
+            ProxyBody::Upstream(b) => hyper::body::Body::is_end_stream(b),
             ProxyBody::Local(b) => hyper::body::Body::is_end_stream(b),
         }
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         match self {
-            ProxyBody::Upstream(b) => hyper::body::Body::size_hint(&b.inner),
+            ProxyBody::Upstream(b) => hyper::body::Body::size_hint(b),
             ProxyBody::Local(b) => hyper::body::Body::size_hint(b),
         }
     }
@@ -100,40 +69,7 @@ pub(crate) struct ConnSlot(#[allow(dead_code)] pub(crate) Arc<tokio::sync::Owned
 
 /// Opens upstream connections (plain or TLS).
 type UpstreamConnector = hyper_rustls::HttpsConnector<HttpConnector>;
-type UpstreamPool = Pool<UpstreamConnector, ClientBody>;
-type UpstreamLease = Lease<UpstreamConnector, ClientBody>;
-
-/// The client's request body on its way upstream, unboxed. A body that can fail (one
-/// with content) notes its failure, so a garbled body is told from an upstream error.
-struct ClientBody {
-    inner: Incoming,
-    failed: Option<Arc<AtomicBool>>,
-}
-
-impl hyper::body::Body for ClientBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let (Some(Err(_)), Some(failed)) = (&frame, &this.failed) {
-            failed.store(true, Ordering::Relaxed);
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        hyper::body::Body::is_end_stream(&self.inner)
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::Body::size_hint(&self.inner)
-    }
-}
+type UpstreamPool = Pool<UpstreamConnector>;
 
 /// The forwarding service, behind the gate's layer. Cheap to clone; reads the upstream
 /// and its settings from the snapshot the request was decided on, so a reload changes
@@ -279,17 +215,11 @@ impl Proxy {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
 
-        // A body the client garbles (bad chunked framing) fails the upstream request:
-        // that is the client's error (400), not the upstream's (502).
-        let body_failed = (!hyper::body::Body::is_end_stream(req.body()))
-            .then(|| Arc::new(AtomicBool::new(false)));
-        let failed = body_failed.clone();
-        let req = req.map(|inner| ClientBody { inner, failed });
         let client_ip = decision.client_ip;
         let started = crate::clock::Moment::now();
         let sent = tokio::time::timeout(
             cfg.limits.upstream_timeout.0,
-            self.shared.pool.send(&upstream.pool_key(), req),
+            self.shared.pool.send(&upstream.pool_key(), &mut req),
         )
         .await;
         self.shared
@@ -301,7 +231,9 @@ impl Proxy {
                 tracing::warn!(upstream = %upstream.authority(), "upstream timed out");
                 return text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
             }
-            Ok(Err(e)) if body_failed.is_some_and(|f| f.load(Ordering::Relaxed)) => {
+            // A body the client garbles (bad chunked framing) fails the upstream
+            // request: that is the client's error (400), not the upstream's (502).
+            Ok(Err(PoolError::ClientBody(e))) => {
                 tracing::debug!(error = %e, "the client's request body was malformed");
                 return text_response(StatusCode::BAD_REQUEST, "malformed request body\n");
             }
@@ -312,8 +244,6 @@ impl Proxy {
             }
             Ok(Ok(r)) => r,
         };
-        let (mut resp, lease) = resp;
-
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let same = match (&upgrade, resp.headers().get(header::UPGRADE)) {
                 (Some(a), Some(b)) => a.as_bytes().eq_ignore_ascii_case(b.as_bytes()),
@@ -325,19 +255,28 @@ impl Proxy {
                 return text_response(StatusCode::BAD_GATEWAY, "bad upgrade from upstream\n");
             };
             // The upgraded connection leaves the pool for good.
-            lease.forget();
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let (parts, body) = resp.into_parts();
+            let Some(mut upstream_conn) = body.into_upgraded() else {
+                return text_response(StatusCode::BAD_GATEWAY, "bad upgrade from upstream\n");
+            };
             let idle = cfg.limits.idle_timeout.0;
             let bans = self.shared.bans.clone();
             tokio::spawn(async move {
                 // The tunnel holds its connection's slot until it ends.
                 let _slot = conn_slot;
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((c, u)) => {
+                match client_upgrade.await {
+                    Ok(c) => {
                         let mut c = TokioIo::new(c);
-                        let mut u = TokioIo::new(u);
+                        // What the upstream sent right after its 101 goes first.
+                        let early = upstream_conn.take_buffered();
+                        if !early.is_empty()
+                            && let Err(e) = c.write_all(&early).await
+                        {
+                            tracing::debug!(error = %e, "upgraded connection ended");
+                            return;
+                        }
                         let banned = || bans.find(client_ip).is_some();
-                        match tunnel(&mut c, &mut u, idle, banned).await {
+                        match tunnel(&mut c, upstream_conn.io_mut(), idle, banned).await {
                             Ok(Tunnel::Closed) => {}
                             Ok(Tunnel::Banned) => {
                                 tracing::info!(client = %client_ip, "tunnel closed: client banned")
@@ -349,10 +288,10 @@ impl Proxy {
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
             });
-            return resp.map(|_| ProxyBody::Local(Full::new(Bytes::new())));
+            return Response::from_parts(parts, ProxyBody::Local(Full::new(Bytes::new())));
         }
-        headers::remove_hop_by_hop(resp.headers_mut());
-        resp.map(|b| ProxyBody::Upstream(UpstreamBody::new(b, lease)))
+        // Hop-by-hop headers were left out as the response was read.
+        resp.map(ProxyBody::Upstream)
     }
 }
 
@@ -437,6 +376,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]

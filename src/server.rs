@@ -147,12 +147,12 @@ struct ConnBody {
 
 impl hyper::body::Body for ConnBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = crate::upstream_h1::BodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
         std::pin::Pin::new(&mut self.inner).poll_frame(cx)
     }
 

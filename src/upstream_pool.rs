@@ -1,29 +1,33 @@
-//! Connections to the upstream: HTTP/1.1 on hyper's connection-level client, pooled.
+//! Connections to the upstream, pooled: HTTP/1.1 exchanges written and read in place
+//! ([`crate::upstream_h1`]), one request at a time per connection.
 //!
-//! A connection serves one request at a time. It goes back to the pool when its response
-//! body has been read to the end (the response's [`Lease`] sees that), with no task per
-//! request; a body dropped before its end closes the connection. The most recently
-//! returned connection is used first. At most `upstream_max_connections` are open (each
-//! holds a permit of the connector, pooled, busy or upgraded), and idle ones are closed
-//! after `pool_idle`. A reused connection that turns out closed before the request was
-//! written is replaced by a new one, transparently.
+//! A connection goes back to the pool when its response body has been read to the end
+//! (the [`UpstreamBody`] does that as it yields the last bytes), with no task per request
+//! or per connection; a body dropped before its end closes the connection. The most
+//! recently returned connection is used first, one of the calling thread's own first. At
+//! most `upstream_max_connections` are open (each holds a permit, pooled, busy or
+//! upgraded), and idle ones are closed after `pool_idle`. A pooled connection the upstream
+//! has closed meanwhile is noticed before it is used when the runtime has seen it, and
+//! otherwise when the request gets no answer on it: an idempotent request (RFC 9110
+//! §9.2.2) without a body then goes again on another connection, transparently.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes, BytesMut};
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
-use hyper::body::{Body, Incoming};
-use hyper::client::conn::http1::{self, SendRequest};
+use http::{Method, Request, Response, Uri};
+use hyper::body::{Body, Frame};
+use hyper_util::rt::TokioIo;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower_service::Service;
 
-/// Errors crossing the pool.
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::upstream_h1::{BodyError, BoxError, Conn, Decode, ExchangeError, Framing};
 
 /// Where a pooled connection goes: connections are reused only for the same key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,12 +39,15 @@ pub(crate) struct PoolKey {
 /// Why a request could not be sent upstream.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PoolError {
-    /// No connection could be opened (connect, TLS or HTTP/1.1 handshake).
+    /// No connection could be opened (connect or TLS handshake).
     #[error("cannot connect to the upstream: {0}")]
     Connect(#[source] BoxError),
     /// The request failed on its connection.
     #[error("upstream request failed: {0}")]
-    Request(#[source] hyper::Error),
+    Request(#[source] ExchangeError),
+    /// The client's request body failed while it was being sent (the client's error).
+    #[error("the client's request body failed: {0}")]
+    ClientBody(#[source] BoxError),
 }
 
 impl PoolError {
@@ -50,12 +57,19 @@ impl PoolError {
     }
 }
 
+/// A new connection on its way ([`Pool::open`]).
+type Opening<'a, T> =
+    Pin<Box<dyn Future<Output = Result<Option<Pooled<T>>, PoolError>> + Send + 'a>>;
+
+/// A connection's I/O as the connector opens it.
+type Io<C> = TokioIo<<C as Service<Uri>>::Response>;
+
 /// The pool. Cheap to clone.
-pub(crate) struct Pool<C, B> {
-    shared: Arc<Shared<C, B>>,
+pub(crate) struct Pool<C: Service<Uri>> {
+    shared: Arc<Shared<C>>,
 }
 
-impl<C, B> Clone for Pool<C, B> {
+impl<C: Service<Uri>> Clone for Pool<C> {
     fn clone(&self) -> Self {
         Pool {
             shared: self.shared.clone(),
@@ -63,28 +77,48 @@ impl<C, B> Clone for Pool<C, B> {
     }
 }
 
-struct Shared<C, B> {
+struct Shared<C: Service<Uri>> {
     connector: C,
     idle_timeout: Duration,
-    /// One per open connection (`upstream_max_connections`), held by its task.
+    /// One per open connection (`upstream_max_connections`), held by the connection.
     permits: Arc<Semaphore>,
     /// Oldest at the front; taken from the back.
-    idle: Mutex<VecDeque<Idle<B>>>,
+    idle: Mutex<VecDeque<Idle<Io<C>>>>,
     /// A connection was handed back: a request waiting for a permit may take it instead.
     released: Notify,
 }
 
-struct Idle<B> {
+/// An open connection and the permit it holds for as long as it is open. Boxed: a
+/// TLS stream is large, and a connection moves with every request and response.
+pub(crate) struct Pooled<T> {
+    conn: Box<Conn<T>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T> Pooled<T> {
+    /// The connection's I/O (an upgraded connection's tunnel uses it).
+    pub(crate) fn io_mut(&mut self) -> &mut T {
+        &mut self.conn.io
+    }
+
+    /// What was read past the response head (the first bytes of an upgraded protocol).
+    pub(crate) fn take_buffered(&mut self) -> BytesMut {
+        self.conn.rbuf.split()
+    }
+}
+
+struct Idle<T> {
     key: PoolKey,
-    sender: SendRequest<B>,
+    conn: Pooled<T>,
     since: Instant,
-    /// The thread whose runtime runs the connection's task ([`this_thread`]).
+    /// The thread whose runtime's reactor the connection is registered with
+    /// ([`this_thread`]).
     home: u64,
 }
 
-/// A number for the calling thread. A connection's task runs on the runtime of the
-/// thread that opened it: a request served on that thread uses it without waking
-/// another thread, so requests take their own thread's connections first.
+/// A number for the calling thread. A connection's socket is registered with the
+/// reactor of the runtime that opened it: a request served on that thread uses it
+/// without waking another thread, so requests take their own thread's connections first.
 fn this_thread() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -94,13 +128,13 @@ fn this_thread() -> u64 {
     ID.with(|id| *id)
 }
 
-impl<C, B> Shared<C, B> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle<B>>> {
+impl<C: Service<Uri>> Shared<C> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle<Io<C>>>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Drops the connections idle for longer than the idle timeout.
-    fn prune(idle: &mut VecDeque<Idle<B>>, timeout: Duration, now: Instant) {
+    fn prune(idle: &mut VecDeque<Idle<Io<C>>>, timeout: Duration, now: Instant) {
         while idle
             .front()
             .is_some_and(|i| now.saturating_duration_since(i.since) >= timeout)
@@ -110,20 +144,25 @@ impl<C, B> Shared<C, B> {
     }
 }
 
-impl<C, B> Pool<C, B>
+/// Whether a request may be sent twice (RFC 9110 §9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+impl<C> Pool<C>
 where
     C: Service<Uri> + Clone + Send + Sync + 'static,
     C::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     C::Future: Send,
     C::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
 {
     /// A pool opening at most `max_connections` connections with `connector`; idle
     /// connections close after `idle_timeout` (checked by a task on the current runtime,
     /// when there is one).
-    pub(crate) fn new(connector: C, idle_timeout: Duration, max_connections: usize) -> Pool<C, B> {
+    pub(crate) fn new(connector: C, idle_timeout: Duration, max_connections: usize) -> Pool<C> {
         let shared = Arc::new(Shared {
             connector,
             idle_timeout,
@@ -139,64 +178,75 @@ where
         Pool { shared }
     }
 
-    /// Sends `req` (its URI in origin form) to `key`'s upstream on a pooled connection,
-    /// or a new one. The response comes with the lease of its connection.
-    pub(crate) async fn send(
+    /// Sends `req` (its URI in origin form, its headers as they go upstream) to `key`'s
+    /// upstream on a pooled connection, or a new one; its body is taken as it is sent.
+    /// The response's body holds the connection until it has been read to its end.
+    pub(crate) async fn send<B>(
         &self,
         key: &PoolKey,
-        mut req: Request<B>,
-    ) -> Result<(Response<Incoming>, Lease<C, B>), PoolError> {
+        req: &mut Request<B>,
+    ) -> Result<Response<UpstreamBody<C>>, PoolError>
+    where
+        B: Body + Unpin,
+        B::Data: Buf,
+        B::Error: Into<BoxError>,
+    {
         loop {
             // Waiting for a permit and connecting are the rare paths: boxed, so the
-            // future of every request (moved a few times on its way into hyper) stays
-            // small (2 KB less).
-            let (mut sender, home, reused) = match self.take(key) {
-                Some((s, home)) => (s, home, true),
-                None => match Box::pin(self.permit(key)).await? {
-                    Some(permit) => (
-                        Box::pin(self.connect(key, permit)).await?,
-                        this_thread(),
-                        false,
-                    ),
+            // future of every request stays small.
+            let (mut conn, home, reused) = match self.take(key) {
+                Some((c, home)) => (c, home, true),
+                None => match self.open(key).await? {
+                    Some(c) => (c, this_thread(), false),
                     // A connection came back meanwhile.
                     None => continue,
                 },
             };
-            // A connection handed back as its last body ended may need its task to run
-            // once more before it takes the next request.
-            if let Err(e) = sender.ready().await {
-                if reused {
-                    continue;
-                }
-                return Err(PoolError::Connect(Box::new(e)));
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let lease = Lease {
+            match conn.conn.exchange(req).await {
+                Ok(got) => {
+                    let mut body = UpstreamBody {
+                        conn: Some(conn),
+                        state: Decode::of(got.framing),
+                        reusable: got.reusable,
+                        upgraded: got.framing == Framing::Upgrade,
                         pool: Arc::downgrade(&self.shared),
                         key: key.clone(),
-                        sender: Some(sender),
                         home,
                     };
-                    return Ok((resp, lease));
+                    if body.state == Decode::Done && !body.upgraded {
+                        body.finish();
+                    }
+                    return Ok(Response::from_parts(got.response, body));
                 }
-                Err(mut e) => match e.take_message() {
-                    // Not written: the reused connection had closed. Again, on another.
-                    Some(back) if reused => req = back,
-                    _ => return Err(PoolError::Request(e.into_error())),
-                },
+                // The pooled connection had been closed: again, on another.
+                Err(ExchangeError::Closed { stale: true })
+                    if reused && idempotent(req.method()) => {}
+                Err(ExchangeError::ClientBody(e)) => return Err(PoolError::ClientBody(e)),
+                Err(e) => return Err(PoolError::Request(e)),
             }
         }
     }
 
+    /// A new connection to `key` once a permit is free; `None` when a pooled one was
+    /// handed back first. Boxed, made outside any `async` body: the rare path, kept
+    /// out of the future of every request (which is moved several times on its way).
+    fn open<'a>(&'a self, key: &'a PoolKey) -> Opening<'a, Io<C>> {
+        Box::pin(async move {
+            match self.permit(key).await? {
+                Some(permit) => self.connect(key, permit).await.map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
     /// The most recently returned open connection to `key`, if any (one of this
     /// thread's first), with its home thread.
-    fn take(&self, key: &PoolKey) -> Option<(SendRequest<B>, u64)> {
+    fn take(&self, key: &PoolKey) -> Option<(Pooled<Io<C>>, u64)> {
         let mut idle = self.shared.lock();
-        Shared::<C, B>::prune(&mut idle, self.shared.idle_timeout, Instant::now());
+        Shared::<C>::prune(&mut idle, self.shared.idle_timeout, Instant::now());
         let me = this_thread();
         // One pass from the most recent: this thread's first, else the most recent.
-        let pick = |idle: &VecDeque<Idle<B>>| {
+        let pick = |idle: &VecDeque<Idle<Io<C>>>| {
             let mut any = None;
             for (pos, i) in idle.iter().enumerate().rev() {
                 if i.home == me {
@@ -210,9 +260,9 @@ where
             any
         };
         while let Some(pos) = pick(&idle) {
-            let Some(i) = idle.remove(pos) else { break };
-            if !i.sender.is_closed() {
-                return Some((i.sender, i.home));
+            let Some(mut i) = idle.remove(pos) else { break };
+            if i.conn.conn.looks_open() {
+                return Some((i.conn, i.home));
             }
         }
         None
@@ -247,7 +297,7 @@ where
         &self,
         key: &PoolKey,
         permit: OwnedSemaphorePermit,
-    ) -> Result<SendRequest<B>, PoolError> {
+    ) -> Result<Pooled<Io<C>>, PoolError> {
         let uri = Uri::builder()
             .scheme(key.scheme.clone())
             .authority(key.authority.clone())
@@ -262,67 +312,15 @@ where
             .call(uri)
             .await
             .map_err(|e| PoolError::Connect(e.into()))?;
-        let io = Counted {
-            io,
+        Ok(Pooled {
+            conn: Box::new(Conn::new(TokioIo::new(io))),
             _permit: permit,
-        };
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| PoolError::Connect(Box::new(e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
-    }
-}
-
-/// An upstream connection and the permit it holds for as long as it is open.
-struct Counted<T> {
-    io: T,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Counted<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        })
     }
 }
 
 /// Closes idle connections past the idle timeout, until the pool is gone.
-async fn sweep<C, B>(pool: Weak<Shared<C, B>>) {
+async fn sweep<C: Service<Uri>>(pool: Weak<Shared<C>>) {
     let every = match pool.upgrade() {
         Some(p) => (p.idle_timeout / 2).max(Duration::from_millis(100)),
         None => return,
@@ -331,40 +329,96 @@ async fn sweep<C, B>(pool: Weak<Shared<C, B>>) {
         tokio::time::sleep(every).await;
         let Some(p) = pool.upgrade() else { return };
         let mut idle = p.lock();
-        Shared::<C, B>::prune(&mut idle, p.idle_timeout, Instant::now());
+        Shared::<C>::prune(&mut idle, p.idle_timeout, Instant::now());
     }
 }
 
-/// A response's hold on its connection: handed back to the pool by
-/// [`Lease::release`] once the body has been read to its end, closed if dropped before.
-pub(crate) struct Lease<C, B> {
-    pool: Weak<Shared<C, B>>,
+/// A response's body, read from its connection as it is polled. The connection goes
+/// back to the pool as the body's last bytes are taken, and is closed if the body is
+/// dropped before its end or fails.
+pub(crate) struct UpstreamBody<C: Service<Uri>> {
+    conn: Option<Pooled<Io<C>>>,
+    state: Decode,
+    /// The connection may serve another request after this body.
+    reusable: bool,
+    /// A 101 answer: the connection carries another protocol ([`Self::into_upgraded`]).
+    upgraded: bool,
+    pool: Weak<Shared<C>>,
     key: PoolKey,
-    sender: Option<SendRequest<B>>,
     home: u64,
 }
 
-impl<C, B> Lease<C, B> {
-    /// The response is complete: the connection can serve another request.
-    pub(crate) fn release(&mut self) {
-        let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) else {
-            return;
-        };
-        if sender.is_closed() {
+impl<C: Service<Uri>> UpstreamBody<C> {
+    /// The body has been read to its end: the connection serves the next request, if
+    /// it can (nothing unasked-for was read past the body).
+    fn finish(&mut self) {
+        self.state = Decode::Done;
+        let Some(conn) = self.conn.take() else { return };
+        if !self.reusable || !conn.conn.rbuf.is_empty() {
             return;
         }
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
         pool.lock().push_back(Idle {
             key: self.key.clone(),
-            sender,
+            conn,
             since: Instant::now(),
             home: self.home,
         });
         pool.released.notify_one();
     }
 
-    /// The connection was upgraded (or must not be reused): it leaves the pool for good.
-    pub(crate) fn forget(mut self) {
-        self.sender = None;
+    /// The connection of a 101 answer, which leaves the pool for good (its permit
+    /// stays with it); `None` for any other answer.
+    pub(crate) fn into_upgraded(mut self) -> Option<Pooled<Io<C>>> {
+        if self.upgraded {
+            self.conn.take()
+        } else {
+            None
+        }
+    }
+}
+
+impl<C> Body for UpstreamBody<C>
+where
+    C: Service<Uri>,
+    C::Response: hyper::rt::Read + hyper::rt::Write + Unpin,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut().filter(|_| !this.upgraded) else {
+            return Poll::Ready(None);
+        };
+        let frame = std::task::ready!(crate::upstream_h1::poll_body(
+            &mut conn.conn,
+            &mut this.state,
+            cx
+        ));
+        match &frame {
+            Some(Err(_)) => this.conn = None,
+            _ if this.state == Decode::Done => this.finish(),
+            _ => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == Decode::Done
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.state {
+            Decode::Done => hyper::body::SizeHint::with_exact(0),
+            Decode::Length(n) => hyper::body::SizeHint::with_exact(n),
+            _ => hyper::body::SizeHint::default(),
+        }
     }
 }
 
@@ -372,10 +426,9 @@ impl<C, B> Lease<C, B> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use bytes::Bytes;
     use http_body_util::{BodyExt, Empty};
+    use hyper::body::Incoming;
     use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::TokioIo;
     use std::future::Future;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -449,7 +502,7 @@ mod tests {
         }
     }
 
-    type TestPool = Pool<HttpConnector, Empty<Bytes>>;
+    type TestPool = Pool<HttpConnector>;
 
     fn key(addr: std::net::SocketAddr) -> PoolKey {
         PoolKey {
@@ -466,14 +519,9 @@ mod tests {
             .unwrap()
     }
 
-    /// Reads the body to its end, then releases its connection (what the proxy's body does).
-    async fn finish(
-        resp: Response<Incoming>,
-        mut lease: Lease<HttpConnector, Empty<Bytes>>,
-    ) -> Bytes {
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        lease.release();
-        body
+    /// Reads the body to its end (which hands its connection back).
+    async fn finish(resp: Response<UpstreamBody<HttpConnector>>) -> Bytes {
+        resp.into_body().collect().await.unwrap().to_bytes()
     }
 
     #[tokio::test]
@@ -482,8 +530,8 @@ mod tests {
         let pool: TestPool = Pool::new(HttpConnector::new(), Duration::from_secs(30), 8);
         let k = key(addr);
         for _ in 0..5 {
-            let (resp, lease) = pool.send(&k, get("/")).await.unwrap();
-            assert_eq!(finish(resp, lease).await, "hello");
+            let resp = pool.send(&k, &mut get("/")).await.unwrap();
+            assert_eq!(finish(resp).await, "hello");
         }
         assert_eq!(
             accepted.load(Ordering::SeqCst),
@@ -492,14 +540,14 @@ mod tests {
         );
 
         // While a body is still streaming, its connection is not handed to anyone else.
-        let (slow, slow_lease) = pool.send(&k, get("/slow")).await.unwrap();
-        let (resp, lease) = tokio::time::timeout(Duration::from_secs(5), pool.send(&k, get("/")))
+        let slow = pool.send(&k, &mut get("/slow")).await.unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), pool.send(&k, &mut get("/")))
             .await
             .expect("a request waited behind another response's body")
             .unwrap();
-        assert_eq!(finish(resp, lease).await, "hello");
+        assert_eq!(finish(resp).await, "hello");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        assert_eq!(finish(slow, slow_lease).await, "part end");
+        assert_eq!(finish(slow).await, "part end");
     }
 
     #[tokio::test]
@@ -517,8 +565,8 @@ mod tests {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let (r, l) = p2.send(&k2, get("/")).await.unwrap();
-                finish(r, l).await;
+                let r = p2.send(&k2, &mut get("/")).await.unwrap();
+                finish(r).await;
                 let _ = opened_tx.send(this_thread());
                 let _ = end_rx.await;
             });
@@ -526,15 +574,15 @@ mod tests {
         let other_home = opened_rx.await.unwrap();
         assert_ne!(other_home, this_thread());
         // Here, with none of its own, a request borrows it...
-        let (slow, slow_lease) = pool.send(&k, get("/slow")).await.unwrap();
+        let slow = pool.send(&k, &mut get("/slow")).await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         // ...while it is busy, a connection of this thread is opened...
-        let (resp, lease) = pool.send(&k, get("/")).await.unwrap();
-        assert_eq!(finish(resp, lease).await, "hello");
+        let resp = pool.send(&k, &mut get("/")).await.unwrap();
+        assert_eq!(finish(resp).await, "hello");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         // ...and once both are idle (the other thread's returned last), this thread's
         // own comes first.
-        assert_eq!(finish(slow, slow_lease).await, "part end");
+        assert_eq!(finish(slow).await, "part end");
         let (_, home) = pool.take(&k).unwrap();
         assert_eq!(home, this_thread());
         let (_, home) = pool.take(&k).unwrap();
@@ -548,16 +596,16 @@ mod tests {
         let (addr, accepted) = upstream().await;
         let pool: TestPool = Pool::new(HttpConnector::new(), Duration::from_secs(30), 1);
         let k = key(addr);
-        let (slow, slow_lease) = pool.send(&k, get("/slow")).await.unwrap();
+        let slow = pool.send(&k, &mut get("/slow")).await.unwrap();
         let waiting = tokio::spawn({
             let pool = pool.clone();
             let k = k.clone();
             async move {
-                let (resp, lease) = pool.send(&k, get("/")).await.unwrap();
-                finish(resp, lease).await
+                let resp = pool.send(&k, &mut get("/")).await.unwrap();
+                finish(resp).await
             }
         });
-        assert_eq!(finish(slow, slow_lease).await, "part end");
+        assert_eq!(finish(slow).await, "part end");
         let got = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("the waiting request never got the handed-back connection")
@@ -571,11 +619,10 @@ mod tests {
         let (addr, accepted) = upstream().await;
         let pool: TestPool = Pool::new(HttpConnector::new(), Duration::from_secs(30), 8);
         let k = key(addr);
-        let (slow, lease) = pool.send(&k, get("/slow")).await.unwrap();
+        let slow = pool.send(&k, &mut get("/slow")).await.unwrap();
         drop(slow);
-        drop(lease);
-        let (resp, lease) = pool.send(&k, get("/")).await.unwrap();
-        assert_eq!(finish(resp, lease).await, "hello");
+        let resp = pool.send(&k, &mut get("/")).await.unwrap();
+        assert_eq!(finish(resp).await, "hello");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -584,13 +631,13 @@ mod tests {
         let (addr, accepted) = upstream().await;
         let pool: TestPool = Pool::new(HttpConnector::new(), Duration::from_millis(200), 8);
         let k = key(addr);
-        let (resp, lease) = pool.send(&k, get("/")).await.unwrap();
-        finish(resp, lease).await;
+        let resp = pool.send(&k, &mut get("/")).await.unwrap();
+        finish(resp).await;
         assert_eq!(pool.shared.lock().len(), 1);
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(pool.shared.lock().len(), 0, "the idle connection was kept");
-        let (resp, lease) = pool.send(&k, get("/")).await.unwrap();
-        finish(resp, lease).await;
+        let resp = pool.send(&k, &mut get("/")).await.unwrap();
+        finish(resp).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -620,8 +667,8 @@ mod tests {
         let pool: TestPool = Pool::new(HttpConnector::new(), Duration::from_secs(30), 8);
         let k = key(addr);
         for _ in 0..3 {
-            let (resp, lease) = pool.send(&k, get("/")).await.unwrap();
-            assert_eq!(finish(resp, lease).await, "once");
+            let resp = pool.send(&k, &mut get("/")).await.unwrap();
+            assert_eq!(finish(resp).await, "once");
         }
     }
 }
