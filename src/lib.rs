@@ -71,6 +71,8 @@ mod side_wake;
 #[cfg(feature = "gateway")]
 mod tls;
 #[cfg(feature = "gateway")]
+mod upstream_deadline;
+#[cfg(feature = "gateway")]
 mod upstream_h1;
 #[cfg(feature = "gateway")]
 mod upstream_pool;

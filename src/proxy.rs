@@ -20,6 +20,7 @@ use crate::bans::Bans;
 use crate::decision::Decision;
 use crate::headers;
 use crate::snapshot::Snapshot;
+use crate::upstream_deadline::Bounded;
 use crate::upstream_h1::BodyError;
 use crate::upstream_pool::{Pool, PoolError, UpstreamBody};
 
@@ -213,13 +214,17 @@ impl Proxy {
             enrich(h, decision);
         }
         *req.uri_mut() = uri;
+        // An HTTP/1.x request's future is polled by its connection's watchdog; an
+        // HTTP/2 stream's runs in a task of its own.
+        let polled_by_watchdog = req.version() <= Version::HTTP_11;
         *req.version_mut() = Version::HTTP_11;
 
         let client_ip = decision.client_ip;
         let started = crate::clock::Moment::now();
-        let sent = tokio::time::timeout(
+        let sent = Bounded::new(
+            std::pin::pin!(self.shared.pool.send(&upstream.pool_key(), &mut req)),
             cfg.limits.upstream_timeout.0,
-            self.shared.pool.send(&upstream.pool_key(), &mut req),
+            polled_by_watchdog,
         )
         .await;
         self.shared

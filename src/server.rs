@@ -732,7 +732,13 @@ where
     // HTTP/1.1: the next request's head must be complete within header_read_timeout
     // of the previous response (its body included), as with hyper's own timer.
     let head_by = http1.then_some(header_read);
-    let tick = (head_by.map_or(idle, |h| h.min(idle)) / 4).max(Duration::from_millis(50));
+    // A quarter of the shortest timeout it enforces, and of upstream_timeout: the
+    // ticks also poll a request waiting for the upstream (upstream_deadline.rs).
+    let tick = (head_by
+        .map_or(idle, |h| h.min(idle))
+        .min(cfg.limits.upstream_timeout.0)
+        / 4)
+    .max(Duration::from_millis(50));
     // Once closing gracefully (GOAWAY, or the end of keep-alive), the connection gets
     // this long before it is dropped: a client that never acknowledges the GOAWAY's
     // PING, or never reads, cannot hold its slot.

@@ -24,9 +24,9 @@ use http::{Method, Request, Response, Uri};
 use hyper::body::{Body, Frame};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
 use tower_service::Service;
 
+use crate::clock::Moment;
 use crate::upstream_h1::{BodyError, BoxError, Conn, Decode, ExchangeError, Framing};
 
 /// Where a pooled connection goes: connections are reused only for the same key.
@@ -110,7 +110,7 @@ impl<T> Pooled<T> {
 struct Idle<T> {
     key: PoolKey,
     conn: Pooled<T>,
-    since: Instant,
+    since: Moment,
     /// The thread whose runtime's reactor the connection is registered with
     /// ([`this_thread`]).
     home: u64,
@@ -134,7 +134,7 @@ impl<C: Service<Uri>> Shared<C> {
     }
 
     /// Drops the connections idle for longer than the idle timeout.
-    fn prune(idle: &mut VecDeque<Idle<Io<C>>>, timeout: Duration, now: Instant) {
+    fn prune(idle: &mut VecDeque<Idle<Io<C>>>, timeout: Duration, now: Moment) {
         while idle
             .front()
             .is_some_and(|i| now.saturating_duration_since(i.since) >= timeout)
@@ -243,7 +243,7 @@ where
     /// thread's first), with its home thread.
     fn take(&self, key: &PoolKey) -> Option<(Pooled<Io<C>>, u64)> {
         let mut idle = self.shared.lock();
-        Shared::<C>::prune(&mut idle, self.shared.idle_timeout, Instant::now());
+        Shared::<C>::prune(&mut idle, self.shared.idle_timeout, Moment::now());
         let me = this_thread();
         // One pass from the most recent: this thread's first, else the most recent.
         let pick = |idle: &VecDeque<Idle<Io<C>>>| {
@@ -329,7 +329,7 @@ async fn sweep<C: Service<Uri>>(pool: Weak<Shared<C>>) {
         tokio::time::sleep(every).await;
         let Some(p) = pool.upgrade() else { return };
         let mut idle = p.lock();
-        Shared::<C>::prune(&mut idle, p.idle_timeout, Instant::now());
+        Shared::<C>::prune(&mut idle, p.idle_timeout, Moment::now());
     }
 }
 
@@ -363,7 +363,7 @@ impl<C: Service<Uri>> UpstreamBody<C> {
         pool.lock().push_back(Idle {
             key: self.key.clone(),
             conn,
-            since: Instant::now(),
+            since: Moment::now(),
             home: self.home,
         });
         pool.released.notify_one();
