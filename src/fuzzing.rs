@@ -103,6 +103,23 @@ pub fn feeds(data: &[u8]) {
     }
 }
 
+/// The upstream's answer as the gateway reads it (`upstream_h1`): the first byte picks
+/// the request's method (`GET` or `HEAD`) and the size of the pieces the answer arrives
+/// in; the rest is the answer. A body read to its end has exactly its stated length.
+#[cfg(feature = "gateway")]
+pub fn upstream_response(data: &[u8]) {
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let method = if pick & 1 == 0 {
+        http::Method::GET
+    } else {
+        http::Method::HEAD
+    };
+    let piece = usize::from(pick >> 1).max(1);
+    runtime().block_on(crate::upstream_h1::read_answer(rest, piece, method));
+}
+
 #[cfg(feature = "gateway")]
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -131,6 +148,8 @@ mod tests {
         ];
         #[cfg(feature = "gateway")]
         t.push(("proxy_protocol", super::proxy_protocol));
+        #[cfg(feature = "gateway")]
+        t.push(("upstream_response", super::upstream_response));
         t
     }
 

@@ -120,11 +120,13 @@ pub fn install_exporter() -> Result<Exporter, metrics_exporter_prometheus::Build
         .install_recorder()?;
     // Histogram samples wait in a buffer until they are folded into their buckets:
     // without a scrape to do it, the buffer would grow with every request. Fold them
-    // every few seconds whether or not anyone scrapes. A task of the runtime, not a
-    // thread: a process with one thread makes its system calls without glibc's
-    // cancellation bookkeeping (about 0.1 µs a request on one CPU).
+    // four times a second whether or not anyone scrapes: at 100 k requests a second,
+    // every 5 s let the buffers grow by 17 MiB and the fold stall the thread that ran it
+    // (p99 1.05–1.37 ms against 0.99–1.25 ms, loaded RSS 33 MiB against 15.6 MiB). A task
+    // of the runtime, not a thread: a process with one thread makes its system calls
+    // without glibc's cancellation bookkeeping (about 0.1 µs a request on one CPU).
     let upkeep = handle.clone();
-    const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+    const UPKEEP: std::time::Duration = std::time::Duration::from_millis(250);
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(async move {
             let mut every = tokio::time::interval_at(tokio::time::Instant::now() + UPKEEP, UPKEEP);

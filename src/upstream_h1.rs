@@ -663,6 +663,64 @@ fn parse_trailers(block: &[u8]) -> Result<HeaderMap, BodyError> {
     Ok(map)
 }
 
+/// Reads `answer` (arriving `piece` bytes at a time) as the response to a `method`
+/// request, its body to the end, checking what must hold whatever the bytes are: the
+/// fuzz target `upstream_response` (`crate::fuzzing`).
+pub(crate) async fn read_answer(answer: &[u8], piece: usize, method: Method) {
+    let mut conn = Conn::new(Pieces {
+        left: answer,
+        piece,
+    });
+    let Ok(head) = conn.read_head(&method, false).await else {
+        return;
+    };
+    let mut state = Decode::of(head.framing);
+    let mut total: u64 = 0;
+    while let Some(frame) = std::future::poll_fn(|cx| poll_body(&mut conn, &mut state, cx)).await {
+        match frame {
+            Ok(f) => total += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => return,
+        }
+    }
+    match head.framing {
+        Framing::Length(n) => assert_eq!(total, n, "a length-framed body read to its end"),
+        Framing::Empty | Framing::Upgrade => assert_eq!(total, 0),
+        Framing::Chunked | Framing::Close => {}
+    }
+}
+
+/// A byte slice read `piece` bytes at a time; writes vanish.
+struct Pieces<'a> {
+    left: &'a [u8],
+    piece: usize,
+}
+
+impl AsyncRead for Pieces<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = self.piece.min(self.left.len()).min(buf.remaining());
+        let (now, later) = self.left.split_at(n);
+        buf.put_slice(now);
+        self.left = later;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Pieces<'_> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(b.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
