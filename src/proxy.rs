@@ -1,6 +1,7 @@
 //! Forwarding to the upstream: streamed bodies both ways, header hygiene, X-Forwarded-*,
 //! WebSocket upgrades, 502 on upstream failure and 504 on upstream timeout.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -148,155 +149,169 @@ impl Proxy {
     /// Forwards a request the gate let through: `live` is the snapshot it was decided
     /// on, `peer` the connection's peer, `conn_slot` the connection's slot when the
     /// request asks for an upgrade (a tunnel takes it).
-    pub(crate) async fn forward(
-        &self,
+    ///
+    /// Not an `async fn`: its arguments would be copied into the future twice (the
+    /// request is 264 bytes), and the future is moved with every request.
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn forward<'a>(
+        &'a self,
         mut req: Request<Incoming>,
-        live: &Snapshot,
-        decision: &Decision,
+        live: &'a Snapshot,
+        decision: &'a Decision,
         peer: IpAddr,
         conn_slot: Option<ConnSlot>,
-    ) -> Response<ProxyBody> {
-        let Some(upstream) = live.upstream() else {
-            crate::metrics::upstream_error("no_upstream");
-            return text_response(StatusCode::BAD_GATEWAY, "no upstream configured\n");
-        };
-        let cfg = live.config();
-
-        // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host.
-        if req.version() == Version::HTTP_11
-            && req.headers().get_all(header::HOST).iter().count() != 1
-        {
-            return text_response(StatusCode::BAD_REQUEST, "missing or repeated Host\n");
-        }
-        let upgrade = upgrade_protocol(req.headers());
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-
-        let orig_host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        let uri = match upstream.origin_for(req.uri().path_and_query()) {
-            Ok(u) => u,
-            Err(_) => return text_response(StatusCode::BAD_REQUEST, "bad request target\n"),
-        };
-
-        let trusted = live.resolver().is_trusted(peer);
-        // From an untrusted peer the chain is the peer alone: no walk, no allocation.
-        let walked;
-        let chain: &[IpAddr] = if trusted {
-            walked = live
-                .resolver()
-                .chain(peer, req.headers())
-                .unwrap_or_else(|_| vec![peer]);
-            &walked
-        } else {
-            std::slice::from_ref(&peer)
-        };
-        let proto = if self.shared.tls { "https" } else { "http" };
-        let h = req.headers_mut();
-        headers::prepare_request(h, chain, trusted, proto, orig_host.as_ref());
-        let host = if cfg.preserve_host {
-            orig_host
-        } else {
-            upstream.host().cloned()
-        }
-        // An HTTP/1.0 request may come without any Host: the upstream's then.
-        .or_else(|| upstream.host().cloned());
-        if let Some(host) = host {
-            h.insert(header::HOST, host);
-        }
-        if let Some(proto) = &upgrade {
-            h.insert(header::UPGRADE, proto.clone());
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        if cfg.upstream_headers {
-            enrich(h, decision);
-        }
-        *req.uri_mut() = uri;
-        // An HTTP/1.x request's future is polled by its connection's watchdog; an
-        // HTTP/2 stream's runs in a task of its own.
-        let polled_by_watchdog = req.version() <= Version::HTTP_11;
-        *req.version_mut() = Version::HTTP_11;
-
-        let client_ip = decision.client_ip;
-        let started = crate::clock::Moment::now();
-        let sent = Bounded::new(
-            std::pin::pin!(self.shared.pool.send(&upstream.pool_key(), &mut req)),
-            cfg.limits.upstream_timeout.0,
-            polled_by_watchdog,
-        )
-        .await;
-        self.shared
-            .upstream_seconds
-            .record(started.elapsed().as_secs_f64());
-        let resp = match sent {
-            Err(_) => {
-                crate::metrics::upstream_error("timeout");
-                tracing::warn!(upstream = %upstream.authority(), "upstream timed out");
-                return text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
-            }
-            // A body the client garbles (bad chunked framing) fails the upstream
-            // request: that is the client's error (400), not the upstream's (502).
-            Ok(Err(PoolError::ClientBody(e))) => {
-                tracing::debug!(error = %e, "the client's request body was malformed");
-                return text_response(StatusCode::BAD_REQUEST, "malformed request body\n");
-            }
-            Ok(Err(e)) => {
-                crate::metrics::upstream_error(if e.is_connect() { "connect" } else { "request" });
-                tracing::warn!(upstream = %upstream.authority(), error = %e, "upstream request failed");
-                return text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
-            }
-            Ok(Ok(r)) => r,
-        };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let same = match (&upgrade, resp.headers().get(header::UPGRADE)) {
-                (Some(a), Some(b)) => a.as_bytes().eq_ignore_ascii_case(b.as_bytes()),
-                _ => false,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+        async move {
+            let Some(upstream) = live.upstream() else {
+                crate::metrics::upstream_error("no_upstream");
+                return text_response(StatusCode::BAD_GATEWAY, "no upstream configured\n");
             };
-            let Some(client_upgrade) = client_upgrade.filter(|_| same) else {
-                crate::metrics::upstream_error("bad_upgrade");
-                tracing::warn!("upstream switched protocols without a matching upgrade request");
-                return text_response(StatusCode::BAD_GATEWAY, "bad upgrade from upstream\n");
-            };
-            // The upgraded connection leaves the pool for good.
-            let (parts, body) = resp.into_parts();
-            let Some(mut upstream_conn) = body.into_upgraded() else {
-                return text_response(StatusCode::BAD_GATEWAY, "bad upgrade from upstream\n");
-            };
-            let idle = cfg.limits.idle_timeout.0;
-            let bans = self.shared.bans.clone();
-            tokio::spawn(async move {
-                // The tunnel holds its connection's slot until it ends.
-                let _slot = conn_slot;
-                match client_upgrade.await {
-                    Ok(c) => {
-                        let mut c = TokioIo::new(c);
-                        // What the upstream sent right after its 101 goes first.
-                        let early = upstream_conn.take_buffered();
-                        if !early.is_empty()
-                            && let Err(e) = c.write_all(&early).await
-                        {
-                            tracing::debug!(error = %e, "upgraded connection ended");
-                            return;
-                        }
-                        let banned = || bans.find(client_ip).is_some();
-                        match tunnel(&mut c, upstream_conn.io_mut(), idle, banned).await {
-                            Ok(Tunnel::Closed) => {}
-                            Ok(Tunnel::Banned) => {
-                                tracing::info!(client = %client_ip, "tunnel closed: client banned")
-                            }
-                            Ok(Tunnel::Idle) => tracing::debug!(idle = ?idle, "idle tunnel closed"),
-                            Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-                }
+            let cfg = live.config();
+
+            // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host.
+            if req.version() == Version::HTTP_11
+                && req.headers().get_all(header::HOST).iter().count() != 1
+            {
+                return text_response(StatusCode::BAD_REQUEST, "missing or repeated Host\n");
+            }
+            let upgrade = upgrade_protocol(req.headers());
+            let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+            let orig_host = req.headers().get(header::HOST).cloned().or_else(|| {
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             });
-            return Response::from_parts(parts, ProxyBody::Local(Full::new(Bytes::new())));
+            let uri = match upstream.origin_for(req.uri().path_and_query()) {
+                Ok(u) => u,
+                Err(_) => return text_response(StatusCode::BAD_REQUEST, "bad request target\n"),
+            };
+
+            let trusted = live.resolver().is_trusted(peer);
+            // From an untrusted peer the chain is the peer alone: no walk, no allocation.
+            let walked;
+            let chain: &[IpAddr] = if trusted {
+                walked = live
+                    .resolver()
+                    .chain(peer, req.headers())
+                    .unwrap_or_else(|_| vec![peer]);
+                &walked
+            } else {
+                std::slice::from_ref(&peer)
+            };
+            let proto = if self.shared.tls { "https" } else { "http" };
+            let h = req.headers_mut();
+            headers::prepare_request(h, chain, trusted, proto, orig_host.as_ref());
+            let host = if cfg.preserve_host {
+                orig_host
+            } else {
+                upstream.host().cloned()
+            }
+            // An HTTP/1.0 request may come without any Host: the upstream's then.
+            .or_else(|| upstream.host().cloned());
+            if let Some(host) = host {
+                h.insert(header::HOST, host);
+            }
+            if let Some(proto) = &upgrade {
+                h.insert(header::UPGRADE, proto.clone());
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+            if cfg.upstream_headers {
+                enrich(h, decision);
+            }
+            *req.uri_mut() = uri;
+            // An HTTP/1.x request's future is polled by its connection's watchdog; an
+            // HTTP/2 stream's runs in a task of its own.
+            let polled_by_watchdog = req.version() <= Version::HTTP_11;
+            *req.version_mut() = Version::HTTP_11;
+
+            let client_ip = decision.client_ip;
+            let started = crate::clock::Moment::now();
+            let sent = Bounded::new(
+                std::pin::pin!(self.shared.pool.send(&upstream.pool_key(), &mut req)),
+                cfg.limits.upstream_timeout.0,
+                polled_by_watchdog,
+            )
+            .await;
+            self.shared
+                .upstream_seconds
+                .record(started.elapsed().as_secs_f64());
+            let resp = match sent {
+                Err(_) => {
+                    crate::metrics::upstream_error("timeout");
+                    tracing::warn!(upstream = %upstream.authority(), "upstream timed out");
+                    return text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
+                }
+                // A body the client garbles (bad chunked framing) fails the upstream
+                // request: that is the client's error (400), not the upstream's (502).
+                Ok(Err(PoolError::ClientBody(e))) => {
+                    tracing::debug!(error = %e, "the client's request body was malformed");
+                    return text_response(StatusCode::BAD_REQUEST, "malformed request body\n");
+                }
+                Ok(Err(e)) => {
+                    crate::metrics::upstream_error(if e.is_connect() {
+                        "connect"
+                    } else {
+                        "request"
+                    });
+                    tracing::warn!(upstream = %upstream.authority(), error = %e, "upstream request failed");
+                    return text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
+                }
+                Ok(Ok(r)) => r,
+            };
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let same = match (&upgrade, resp.headers().get(header::UPGRADE)) {
+                    (Some(a), Some(b)) => a.as_bytes().eq_ignore_ascii_case(b.as_bytes()),
+                    _ => false,
+                };
+                let Some(client_upgrade) = client_upgrade.filter(|_| same) else {
+                    crate::metrics::upstream_error("bad_upgrade");
+                    tracing::warn!(
+                        "upstream switched protocols without a matching upgrade request"
+                    );
+                    return text_response(StatusCode::BAD_GATEWAY, "bad upgrade from upstream\n");
+                };
+                // The upgraded connection leaves the pool for good.
+                let (parts, body) = resp.into_parts();
+                let Some(mut upstream_conn) = body.into_upgraded() else {
+                    return text_response(StatusCode::BAD_GATEWAY, "bad upgrade from upstream\n");
+                };
+                let idle = cfg.limits.idle_timeout.0;
+                let bans = self.shared.bans.clone();
+                tokio::spawn(async move {
+                    // The tunnel holds its connection's slot until it ends.
+                    let _slot = conn_slot;
+                    match client_upgrade.await {
+                        Ok(c) => {
+                            let mut c = TokioIo::new(c);
+                            // What the upstream sent right after its 101 goes first.
+                            let early = upstream_conn.take_buffered();
+                            if !early.is_empty()
+                                && let Err(e) = c.write_all(&early).await
+                            {
+                                tracing::debug!(error = %e, "upgraded connection ended");
+                                return;
+                            }
+                            let banned = || bans.find(client_ip).is_some();
+                            match tunnel(&mut c, upstream_conn.io_mut(), idle, banned).await {
+                                Ok(Tunnel::Closed) => {}
+                                Ok(Tunnel::Banned) => {
+                                    tracing::info!(client = %client_ip, "tunnel closed: client banned")
+                                }
+                                Ok(Tunnel::Idle) => {
+                                    tracing::debug!(idle = ?idle, "idle tunnel closed")
+                                }
+                                Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                    }
+                });
+                return Response::from_parts(parts, ProxyBody::Local(Full::new(Bytes::new())));
+            }
+            // Hop-by-hop headers were left out as the response was read.
+            resp.map(ProxyBody::Upstream)
         }
-        // Hop-by-hop headers were left out as the response was read.
-        resp.map(ProxyBody::Upstream)
     }
 }
 

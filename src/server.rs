@@ -96,7 +96,8 @@ struct ConnService {
 impl ConnService {
     async fn serve(&self, req: Request<Incoming>) -> http::Response<ProxyBody> {
         let snapshot = self.gate.snapshot();
-        match guard(
+        // The guard's answer ends with this statement: not kept across the forward.
+        let decision = match guard(
             &self.gate,
             &snapshot,
             Some(self.peer_ip),
@@ -105,17 +106,16 @@ impl ConnService {
         )
         .await
         {
-            Guarded::Refused(resp) => resp.map(ProxyBody::Local),
-            Guarded::Passed(decision) => {
-                let slot = req
-                    .headers()
-                    .contains_key(http::header::UPGRADE)
-                    .then(|| self.slot.clone());
-                self.proxy
-                    .forward(req, &snapshot, &decision, self.peer_ip, slot)
-                    .await
-            }
-        }
+            Guarded::Refused(resp) => return resp.map(ProxyBody::Local),
+            Guarded::Passed(decision) => decision,
+        };
+        let slot = req
+            .headers()
+            .contains_key(http::header::UPGRADE)
+            .then(|| self.slot.clone());
+        self.proxy
+            .forward(req, &snapshot, &decision, self.peer_ip, slot)
+            .await
     }
 }
 

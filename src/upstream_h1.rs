@@ -666,6 +666,7 @@ fn parse_trailers(block: &[u8]) -> Result<HeaderMap, BodyError> {
 /// Reads `answer` (arriving `piece` bytes at a time) as the response to a `method`
 /// request, its body to the end, checking what must hold whatever the bytes are: the
 /// fuzz target `upstream_response` (`crate::fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) async fn read_answer(answer: &[u8], piece: usize, method: Method) {
     let mut conn = Conn::new(Pieces {
         left: answer,
@@ -690,11 +691,13 @@ pub(crate) async fn read_answer(answer: &[u8], piece: usize, method: Method) {
 }
 
 /// A byte slice read `piece` bytes at a time; writes vanish.
+#[cfg(any(test, feature = "fuzzing"))]
 struct Pieces<'a> {
     left: &'a [u8],
     piece: usize,
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 impl AsyncRead for Pieces<'_> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -709,6 +712,7 @@ impl AsyncRead for Pieces<'_> {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 impl AsyncWrite for Pieces<'_> {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
         Poll::Ready(Ok(b.len()))
