@@ -1,6 +1,6 @@
-//! The floor of this stack: a reverse proxy on hyper-util with no decision at all, the
-//! same server (HTTP/1.1 + h2c) and client as ipgate. bench/run.sh measures ipgate
-//! against it.
+//! The floor of the hyper stack: a reverse proxy on hyper-util's server (HTTP/1.1 +
+//! h2c, as ipgate's) and its client (ipgate speaks HTTP/1.1 to the upstream itself),
+//! with no decision at all. bench/run.sh measures ipgate against it.
 //!
 //! ```text
 //! cargo run --release --example bare_proxy -- 127.0.0.1:8081 http://127.0.0.1:9000
