@@ -30,8 +30,10 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD: usize = 64 * 1024 - 1;
 /// A chunk-size line (with its extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
-/// Each read asks for at least this much room in the read buffer.
+/// Each read asks for at least this much room in the read buffer...
 const READ_ROOM: usize = 8 * 1024;
+/// ...and up to this much while reads keep filling it (a large body).
+const READ_ROOM_MAX: usize = 256 * 1024;
 
 /// Boxed errors of a client's request body.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,6 +45,9 @@ pub(crate) struct Conn<T> {
     pub(crate) rbuf: BytesMut,
     /// The request head being written; kept, with its capacity, between requests.
     wbuf: Vec<u8>,
+    /// The room the next read asks for: doubled while reads fill it, back to
+    /// [`READ_ROOM`] after one that does not.
+    room: usize,
 }
 
 /// Why an exchange failed.
@@ -94,17 +99,41 @@ impl<T> Conn<T> {
             io,
             rbuf: BytesMut::with_capacity(READ_ROOM),
             wbuf: Vec::with_capacity(1024),
+            room: READ_ROOM,
         }
+    }
+
+    /// Lets go of buffers a large answer or request head grew, before the connection
+    /// waits in the pool (its read buffer is empty then).
+    pub(crate) fn shrink(&mut self) {
+        if self.rbuf.capacity() > 2 * READ_ROOM && self.rbuf.is_empty() {
+            self.rbuf = BytesMut::with_capacity(READ_ROOM);
+        }
+        if self.wbuf.capacity() > 16 * 1024 {
+            self.wbuf = Vec::with_capacity(1024);
+        }
+        self.room = READ_ROOM;
     }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     /// Reads more into the read buffer: the number of bytes read, 0 at the end.
     pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_ROOM / 2 {
-            self.rbuf.reserve(READ_ROOM);
+        if self.rbuf.capacity() - self.rbuf.len() < self.room / 2 {
+            self.rbuf.reserve(self.room);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf);
+        if let Poll::Ready(Ok(n)) = read {
+            // A large body arrives in fewer, larger reads; a small answer keeps a small
+            // buffer.
+            self.room = if n == spare {
+                (self.room * 2).min(READ_ROOM_MAX)
+            } else {
+                READ_ROOM
+            };
+        }
+        read
     }
 
     /// Whether a connection that sat in the pool still looks usable: nothing has
@@ -944,6 +973,45 @@ mod tests {
         assert!(!h.response.headers.contains_key("x-hop"));
         assert!(!h.response.headers.contains_key("connection"));
         assert_eq!(h.response.headers["x-end"], "2");
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_read_in_growing_pieces_and_the_buffer_shrinks_after() {
+        const SIZE: usize = 4 << 20;
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut conn = Conn::new(ours);
+        let writer = tokio::spawn(async move {
+            theirs
+                .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let chunk = vec![7u8; 1 << 16];
+            for _ in 0..SIZE / chunk.len() {
+                theirs.write_all(&chunk).await.unwrap();
+            }
+            theirs
+        });
+        let head = conn.read_head(&Method::GET, false).await.unwrap();
+        let mut state = Decode::of(head.framing);
+        let (mut total, mut largest) = (0, 0);
+        while let Some(frame) =
+            std::future::poll_fn(|cx| poll_body(&mut conn, &mut state, cx)).await
+        {
+            let n = frame.unwrap().into_data().unwrap().len();
+            total += n;
+            largest = largest.max(n);
+        }
+        assert_eq!(total, SIZE);
+        assert!(
+            largest > 4 * READ_ROOM,
+            "reads did not grow: largest {largest}"
+        );
+        // A reservation may round the buffer up, never past twice the largest room.
+        assert!(largest <= 2 * READ_ROOM_MAX, "largest {largest}");
+        conn.shrink();
+        assert!(conn.rbuf.capacity() <= 2 * READ_ROOM);
+        assert_eq!(conn.room, READ_ROOM);
+        drop(writer.await.unwrap());
     }
 
     #[tokio::test]

@@ -353,10 +353,13 @@ impl<C: Service<Uri>> UpstreamBody<C> {
     /// it can (nothing unasked-for was read past the body).
     fn finish(&mut self) {
         self.state = Decode::Done;
-        let Some(conn) = self.conn.take() else { return };
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
         if !self.reusable || !conn.conn.rbuf.is_empty() {
             return;
         }
+        conn.conn.shrink();
         let Some(pool) = self.pool.upgrade() else {
             return;
         };
