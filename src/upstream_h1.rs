@@ -883,64 +883,22 @@ mod tests {
         }
         use Framing::*;
         let get = || Method::GET;
-        assert_eq!(
-            framing(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
-                Method::HEAD
-            )
-            .await,
-            Ok((Empty, true))
-        );
-        assert_eq!(
-            framing(
-                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n",
-                get()
-            )
-            .await,
-            Ok((Empty, true))
-        );
-        assert_eq!(
-            framing(b"HTTP/1.1 200 OK\r\n\r\n", get()).await,
-            Ok((Close, false))
-        );
-        assert_eq!(
-            framing(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\n",
-                get()
-            )
-            .await,
-            Ok((Length(3), false))
-        );
-        assert_eq!(
-            framing(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n", get()).await,
-            Ok((Length(3), false))
-        );
-        assert_eq!(
-            framing(
-                b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
-                get()
-            )
-            .await,
-            Ok((Length(3), true))
-        );
-        assert_eq!(
-            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n", get()).await,
-            Ok((Length(3), true))
-        );
-        assert_eq!(
-            framing(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-                get()
-            )
-            .await,
-            Ok((Chunked, false)),
-            "TE overrides CL, and the connection is not reused"
-        );
-        assert_eq!(
-            framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", get()).await,
-            Ok((Close, false))
-        );
-        assert_eq!(framing(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", get()).await, Ok((Upgrade, true)));
+        // (answer, method, framing, reusable, why)
+        let cases: [(&[u8], Method, Framing, bool, &str); 10] = [
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", Method::HEAD, Empty, true, "HEAD"),
+            (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n", get(), Empty, true, "304"),
+            (b"HTTP/1.1 200 OK\r\n\r\n", get(), Close, false, "no length"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\n", get(), Length(3), false, "close"),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n", get(), Length(3), false, "1.0"),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n", get(), Length(3), true, "1.0 keep-alive"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n", get(), Length(3), true, "equal lengths"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", get(), Chunked, false, "TE overrides CL, and the connection is not reused"),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", get(), Close, false, "TE not ending in chunked"),
+            (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", get(), Upgrade, true, "101"),
+        ];
+        for (answer, method, want, reusable, why) in cases {
+            assert_eq!(framing(answer, method).await, Ok((want, reusable)), "{why}");
+        }
         for bad in [
             &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
