@@ -182,8 +182,8 @@ impl Proxy {
                     .authority()
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             });
-            let uri = match upstream.origin_for(req.uri().path_and_query()) {
-                Ok(u) => u,
+            let target = match upstream.origin_for(req.uri().path_and_query()) {
+                Ok(t) => t,
                 Err(_) => return text_response(StatusCode::BAD_REQUEST, "bad request target\n"),
             };
 
@@ -219,7 +219,9 @@ impl Proxy {
             if cfg.upstream_headers {
                 enrich(h, decision);
             }
-            *req.uri_mut() = uri;
+            if let Some(target) = target {
+                *req.uri_mut() = target;
+            }
             // An HTTP/1.x request's future is polled by its connection's watchdog; an
             // HTTP/2 stream's runs in a task of its own.
             let polled_by_watchdog = req.version() <= Version::HTTP_11;

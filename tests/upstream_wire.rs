@@ -370,3 +370,34 @@ async fn bytes_the_upstream_sends_with_its_101_reach_the_client_first() {
     drop(c);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_request_target_goes_as_sent_or_under_the_upstreams_path_prefix() {
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (url, _) = scripted(move |mut s, _| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let mut buf = Vec::new();
+            while let Some(seen) = read_request(&mut s, &mut buf).await {
+                let line = seen.head.lines().next().unwrap_or_default().to_string();
+                let _ = seen_tx.send(line);
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+            }
+        }
+    })
+    .await;
+    let c = client();
+    for (upstream, path, want) in [
+        (url.clone(), "/x/y?q=1&r=%20", "GET /x/y?q=1&r=%20 HTTP/1.1"),
+        (format!("{url}/app/"), "/x?y=1", "GET /app/x?y=1 HTTP/1.1"),
+        (format!("{url}/app"), "/", "GET /app/ HTTP/1.1"),
+    ] {
+        let gw = TestGateway::start(BASE, &upstream).await;
+        let r = c.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(seen_rx.recv().await.unwrap(), want, "upstream {upstream}");
+        gw.shutdown().await;
+    }
+}
