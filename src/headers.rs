@@ -37,6 +37,12 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authorization",
 ];
 
+/// Whether `name` (lower case) is one of the fixed hop-by-hop headers ([`HOP_BY_HOP`]);
+/// those a `Connection` header names are not known from the name alone.
+pub(crate) fn is_hop_by_hop_name(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+}
+
 /// Forwarding and client-address headers a client may send that only trusted proxies
 /// may vouch for: from anyone else they are removed, so an application behind the
 /// gateway that reads one of them cannot be fooled. They are never hop-by-hop.

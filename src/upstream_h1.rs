@@ -447,7 +447,14 @@ fn parse_head(rbuf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHea
                 if !upgrade && !keep_connection_header {
                     continue;
                 }
-            } else if name.as_str() == "keep-alive" && !upgrade {
+            } else if !upgrade
+                && name != header::TRAILER
+                && crate::headers::is_hop_by_hop_name(name.as_str())
+            {
+                // Keep-Alive, Proxy-Connection, Upgrade, TE...: this hop's only (the list
+                // `headers::remove_hop_by_hop` removes). `Trailer` stays: it names the
+                // trailers passed on (RFC 9110 §6.6.2), and hyper's server sends only
+                // the trailers it names.
                 continue;
             }
             let value = HeaderValue::from_maybe_shared(head.slice_ref(raw))
@@ -917,6 +924,19 @@ mod tests {
             framing(b"", get()).await,
             Err(ExchangeError::Closed { stale: true }.to_string())
         );
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_headers_of_an_answer_stay_behind() {
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut conn = Conn::new(ours);
+        theirs
+            .write_all(b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nTE: trailers\r\nTrailer: x-sum\r\nX-End: 2\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let h = conn.read_head(&Method::GET, false).await.unwrap();
+        let names: Vec<&str> = h.response.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["trailer", "x-end", "content-length"]);
     }
 
     #[tokio::test]
