@@ -43,6 +43,10 @@ pub enum GateError {
     #[cfg(feature = "gateway")]
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// `upstream_ca` cannot be used (a reload keeps the roots in force).
+    #[cfg(feature = "gateway")]
+    #[error(transparent)]
+    UpstreamCa(#[from] crate::upstream_connect::UpstreamCaError),
     /// `cache.redis` cannot be used.
     #[error(transparent)]
     SharedTier(#[from] TierSetupError),
@@ -460,6 +464,11 @@ async fn build_snapshot(
         .as_ref()
         .map(|u| Upstream::parse(&u.0))
         .transpose()?;
+    #[cfg(feature = "gateway")]
+    let upstream = match (upstream, &config.upstream_ca) {
+        (Some(u), Some(ca)) => Some(u.with_ca(&ca.0, previous.and_then(|p| p.upstream()))?),
+        (u, _) => u,
+    };
     #[cfg(feature = "gateway")]
     let tls = config
         .tls

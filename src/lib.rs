@@ -71,6 +71,8 @@ mod side_wake;
 #[cfg(feature = "gateway")]
 mod tls;
 #[cfg(feature = "gateway")]
+mod upstream_connect;
+#[cfg(feature = "gateway")]
 mod upstream_deadline;
 #[cfg(feature = "gateway")]
 mod upstream_h1;
@@ -93,6 +95,8 @@ pub use reputation::{
     ThreatClass,
 };
 pub use upstream::UpstreamError;
+#[cfg(feature = "gateway")]
+pub use upstream_connect::UpstreamCaError;
 
 #[cfg(feature = "axum")]
 pub use layer::{BlockAnswer, ClientIp, GateBody, GateLayer, GateService, MissingDecision};

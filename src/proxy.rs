@@ -13,7 +13,6 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
@@ -21,6 +20,7 @@ use crate::bans::Bans;
 use crate::decision::Decision;
 use crate::headers;
 use crate::snapshot::Snapshot;
+use crate::upstream_connect::UpstreamConnector;
 use crate::upstream_deadline::Bounded;
 use crate::upstream_h1::BodyError;
 use crate::upstream_pool::{Pool, PoolError, UpstreamBody};
@@ -69,8 +69,6 @@ impl hyper::body::Body for ProxyBody {
 #[derive(Clone)]
 pub(crate) struct ConnSlot(#[allow(dead_code)] pub(crate) Arc<tokio::sync::OwnedSemaphorePermit>);
 
-/// Opens upstream connections (plain or TLS).
-type UpstreamConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 type UpstreamPool = Pool<UpstreamConnector>;
 
 /// The forwarding service, behind the gate's layer. Cheap to clone; reads the upstream
@@ -98,15 +96,7 @@ impl Proxy {
     /// At most `max_upstream` upstream connections are open at once; idle pooled ones
     /// are closed after `pool_idle`. Open tunnels end when `bans` covers their client.
     pub(crate) fn new(tls: bool, max_upstream: usize, pool_idle: Duration, bans: Bans) -> Proxy {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let pool = Pool::new(https, pool_idle, max_upstream);
+        let pool = Pool::new(UpstreamConnector::new(), pool_idle, max_upstream);
         Proxy {
             shared: Arc::new(Shared {
                 pool,

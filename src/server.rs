@@ -22,6 +22,7 @@ use crate::layer::{Guarded, Head, guard};
 use crate::proxy::{ConnSlot, Proxy, ProxyBody};
 use crate::side_wake::SideWake;
 pub use crate::tls::{TlsError, tls_acceptor};
+pub use crate::upstream_connect::check_upstream_ca;
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,10 @@ pub(crate) struct Upstream {
     host: Option<http::HeaderValue>,
     /// Path prefix of the upstream URL ("" for none).
     base_path: String,
+    /// The roots an `https` upstream is verified against (`upstream_ca`), when not the
+    /// public ones.
+    #[cfg(feature = "gateway")]
+    tls: Option<std::sync::Arc<crate::upstream_connect::CaRoots>>,
 }
 
 impl Upstream {
@@ -57,7 +61,28 @@ impl Upstream {
             authority,
             host,
             base_path,
+            #[cfg(feature = "gateway")]
+            tls: None,
         })
+    }
+
+    /// Verifies the (`https`) upstream against the certificates in `ca` alone; those of
+    /// `previous` are kept when `ca` still holds them.
+    #[cfg(feature = "gateway")]
+    pub(crate) fn with_ca(
+        mut self,
+        ca: &str,
+        previous: Option<&Upstream>,
+    ) -> Result<Upstream, crate::upstream_connect::UpstreamCaError> {
+        if self.scheme != Scheme::HTTPS {
+            return Err(crate::upstream_connect::UpstreamCaError::NotHttps(format!(
+                "{}://{}",
+                self.scheme, self.authority
+            )));
+        }
+        let previous = previous.and_then(|p| p.tls.as_ref());
+        self.tls = Some(crate::upstream_connect::load_ca(ca, previous)?);
+        Ok(self)
     }
 
     /// The upstream's authority (its `Host` when `preserve_host` is false).
@@ -78,6 +103,7 @@ impl Upstream {
         crate::upstream_pool::PoolKey {
             scheme: self.scheme.clone(),
             authority: self.authority.clone(),
+            tls: self.tls.as_ref().map(|t| t.config.clone()),
         }
     }
 

@@ -20,21 +20,37 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::uri::{Authority, Scheme};
-use http::{Method, Request, Response, Uri};
+use http::{Method, Request, Response};
 use hyper::body::{Body, Frame};
-use hyper_util::rt::TokioIo;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tower_service::Service;
 
 use crate::clock::Moment;
+use crate::upstream_connect::Connect;
 use crate::upstream_h1::{BodyError, BoxError, Conn, Decode, ExchangeError, Framing};
 
 /// Where a pooled connection goes: connections are reused only for the same key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct PoolKey {
     pub(crate) scheme: Scheme,
     pub(crate) authority: Authority,
+    /// For `https`: the roots to verify the upstream against, when not the public ones
+    /// (`upstream_ca`). A connection verified against other roots is not reused.
+    pub(crate) tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
+
+impl PartialEq for PoolKey {
+    fn eq(&self, other: &PoolKey) -> bool {
+        self.scheme == other.scheme
+            && self.authority == other.authority
+            && match (&self.tls, &other.tls) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for PoolKey {}
 
 /// Why a request could not be sent upstream.
 #[derive(Debug, thiserror::Error)]
@@ -62,14 +78,14 @@ type Opening<'a, T> =
     Pin<Box<dyn Future<Output = Result<Option<Pooled<T>>, PoolError>> + Send + 'a>>;
 
 /// A connection's I/O as the connector opens it.
-type Io<C> = TokioIo<<C as Service<Uri>>::Response>;
+type Io<C> = <C as Connect>::Io;
 
 /// The pool. Cheap to clone.
-pub(crate) struct Pool<C: Service<Uri>> {
+pub(crate) struct Pool<C: Connect> {
     shared: Arc<Shared<C>>,
 }
 
-impl<C: Service<Uri>> Clone for Pool<C> {
+impl<C: Connect> Clone for Pool<C> {
     fn clone(&self) -> Self {
         Pool {
             shared: self.shared.clone(),
@@ -77,7 +93,7 @@ impl<C: Service<Uri>> Clone for Pool<C> {
     }
 }
 
-struct Shared<C: Service<Uri>> {
+struct Shared<C: Connect> {
     connector: C,
     idle_timeout: Duration,
     /// One per open connection (`upstream_max_connections`), held by the connection.
@@ -128,7 +144,7 @@ fn this_thread() -> u64 {
     ID.with(|id| *id)
 }
 
-impl<C: Service<Uri>> Shared<C> {
+impl<C: Connect> Shared<C> {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle<Io<C>>>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -154,10 +170,7 @@ fn idempotent(m: &Method) -> bool {
 
 impl<C> Pool<C>
 where
-    C: Service<Uri> + Clone + Send + Sync + 'static,
-    C::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    C::Future: Send,
-    C::Error: Into<BoxError>,
+    C: Connect,
 {
     /// A pool opening at most `max_connections` connections with `connector`; idle
     /// connections close after `idle_timeout` (checked by a task on the current runtime,
@@ -298,29 +311,21 @@ where
         key: &PoolKey,
         permit: OwnedSemaphorePermit,
     ) -> Result<Pooled<Io<C>>, PoolError> {
-        let uri = Uri::builder()
-            .scheme(key.scheme.clone())
-            .authority(key.authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| PoolError::Connect(Box::new(e)))?;
-        let mut connector = self.shared.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx))
+        let io = self
+            .shared
+            .connector
+            .connect(key)
             .await
-            .map_err(|e| PoolError::Connect(e.into()))?;
-        let io = connector
-            .call(uri)
-            .await
-            .map_err(|e| PoolError::Connect(e.into()))?;
+            .map_err(PoolError::Connect)?;
         Ok(Pooled {
-            conn: Box::new(Conn::new(TokioIo::new(io))),
+            conn: Box::new(Conn::new(io)),
             _permit: permit,
         })
     }
 }
 
 /// Closes idle connections past the idle timeout, until the pool is gone.
-async fn sweep<C: Service<Uri>>(pool: Weak<Shared<C>>) {
+async fn sweep<C: Connect>(pool: Weak<Shared<C>>) {
     let every = match pool.upgrade() {
         Some(p) => (p.idle_timeout / 2).max(Duration::from_millis(100)),
         None => return,
@@ -336,7 +341,7 @@ async fn sweep<C: Service<Uri>>(pool: Weak<Shared<C>>) {
 /// A response's body, read from its connection as it is polled. The connection goes
 /// back to the pool as the body's last bytes are taken, and is closed if the body is
 /// dropped before its end or fails.
-pub(crate) struct UpstreamBody<C: Service<Uri>> {
+pub(crate) struct UpstreamBody<C: Connect> {
     conn: Option<Pooled<Io<C>>>,
     state: Decode,
     /// The connection may serve another request after this body.
@@ -348,7 +353,7 @@ pub(crate) struct UpstreamBody<C: Service<Uri>> {
     home: u64,
 }
 
-impl<C: Service<Uri>> UpstreamBody<C> {
+impl<C: Connect> UpstreamBody<C> {
     /// The body has been read to its end: the connection serves the next request, if
     /// it can (nothing unasked-for was read past the body).
     fn finish(&mut self) {
@@ -385,8 +390,7 @@ impl<C: Service<Uri>> UpstreamBody<C> {
 
 impl<C> Body for UpstreamBody<C>
 where
-    C: Service<Uri>,
-    C::Response: hyper::rt::Read + hyper::rt::Write + Unpin,
+    C: Connect,
 {
     type Data = Bytes;
     type Error = BodyError;
@@ -429,9 +433,10 @@ where
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::upstream_connect::UpstreamConnector;
     use http_body_util::{BodyExt, Empty};
     use hyper::body::Incoming;
-    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioIo;
     use std::future::Future;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -505,12 +510,13 @@ mod tests {
         }
     }
 
-    type TestPool = Pool<HttpConnector>;
+    type TestPool = Pool<UpstreamConnector>;
 
     fn key(addr: std::net::SocketAddr) -> PoolKey {
         PoolKey {
             scheme: Scheme::HTTP,
             authority: addr.to_string().parse().unwrap(),
+            tls: None,
         }
     }
 
@@ -523,14 +529,14 @@ mod tests {
     }
 
     /// Reads the body to its end (which hands its connection back).
-    async fn finish(resp: Response<UpstreamBody<HttpConnector>>) -> Bytes {
+    async fn finish(resp: Response<UpstreamBody<UpstreamConnector>>) -> Bytes {
         resp.into_body().collect().await.unwrap().to_bytes()
     }
 
     #[tokio::test]
     async fn a_connection_is_reused_once_its_body_ended_and_not_before() {
         let (addr, accepted) = upstream().await;
-        let pool: TestPool = Pool::new(HttpConnector::new(), Duration::from_secs(30), 8);
+        let pool: TestPool = Pool::new(UpstreamConnector::new(), Duration::from_secs(30), 8);
         let k = key(addr);
         for _ in 0..5 {
             let resp = pool.send(&k, &mut get("/")).await.unwrap();
@@ -556,7 +562,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_takes_a_connection_of_its_own_thread_first() {
         let (addr, accepted) = upstream().await;
-        let pool: TestPool = Pool::new(HttpConnector::new(), Duration::from_secs(30), 8);
+        let pool: TestPool = Pool::new(UpstreamConnector::new(), Duration::from_secs(30), 8);
         let k = key(addr);
         // A connection opened on another thread, whose runtime runs its task.
         let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
@@ -597,7 +603,7 @@ mod tests {
     #[tokio::test]
     async fn with_every_connection_busy_a_request_waits_for_one_handed_back() {
         let (addr, accepted) = upstream().await;
-        let pool: TestPool = Pool::new(HttpConnector::new(), Duration::from_secs(30), 1);
+        let pool: TestPool = Pool::new(UpstreamConnector::new(), Duration::from_secs(30), 1);
         let k = key(addr);
         let slow = pool.send(&k, &mut get("/slow")).await.unwrap();
         let waiting = tokio::spawn({
@@ -620,7 +626,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_before_its_end_does_not_return_its_connection() {
         let (addr, accepted) = upstream().await;
-        let pool: TestPool = Pool::new(HttpConnector::new(), Duration::from_secs(30), 8);
+        let pool: TestPool = Pool::new(UpstreamConnector::new(), Duration::from_secs(30), 8);
         let k = key(addr);
         let slow = pool.send(&k, &mut get("/slow")).await.unwrap();
         drop(slow);
@@ -632,7 +638,7 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_close_after_the_idle_timeout() {
         let (addr, accepted) = upstream().await;
-        let pool: TestPool = Pool::new(HttpConnector::new(), Duration::from_millis(200), 8);
+        let pool: TestPool = Pool::new(UpstreamConnector::new(), Duration::from_millis(200), 8);
         let k = key(addr);
         let resp = pool.send(&k, &mut get("/")).await.unwrap();
         finish(resp).await;
@@ -667,7 +673,7 @@ mod tests {
                 });
             }
         });
-        let pool: TestPool = Pool::new(HttpConnector::new(), Duration::from_secs(30), 8);
+        let pool: TestPool = Pool::new(UpstreamConnector::new(), Duration::from_secs(30), 8);
         let k = key(addr);
         for _ in 0..3 {
             let resp = pool.send(&k, &mut get("/")).await.unwrap();

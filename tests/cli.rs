@@ -497,7 +497,7 @@ fn validate_env_free(f: &std::path::Path) -> std::process::Output {
 fn validate_refuses_what_run_refuses_and_reports_all_of_it() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("p.yaml");
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 6] = [
         ("", &["sets nothing"]),
         ("# only a comment\n\n", &["sets nothing"]),
         (
@@ -508,6 +508,15 @@ fn validate_refuses_what_run_refuses_and_reports_all_of_it() {
         (
             "block_response: { html: /nonexistent/blocked.html }\n",
             &["key `upstream`", "/nonexistent/blocked.html"],
+        ),
+        // upstream_ca: a file that cannot be read; roots for a plain-HTTP upstream.
+        (
+            "upstream: https://127.0.0.1:3443\nupstream_ca: /nonexistent/ca.pem\n",
+            &["upstream_ca", "/nonexistent/ca.pem"],
+        ),
+        (
+            "upstream: http://127.0.0.1:3000\nupstream_ca: /nonexistent/ca.pem\n",
+            &["upstream_ca is set, but the upstream `http://127.0.0.1:3000` is not https://"],
         ),
     ];
     for (text, wants) in cases {

@@ -244,6 +244,12 @@ pub(crate) fn load_for_gateway(path: &Path, upstream: Option<&str>) -> Result<Co
         Ok(()) if cfg.upstream.is_none() => problems.push(NO_UPSTREAM.to_string()),
         Ok(()) => {}
     }
+    if let Some(ca) = &cfg.upstream_ca {
+        let url = cfg.upstream.as_ref().map(|u| u.0.as_str());
+        if let Err(e) = ipgate::server::check_upstream_ca(url, &ca.0) {
+            problems.push(format!("{:#}", anyhow::Error::new(e)));
+        }
+    }
     refuse(path, problems)?;
     Ok(cfg)
 }

@@ -32,6 +32,9 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// The application behind the gateway (required for `run`).
     pub upstream: Option<Url>,
+    /// CA certificates (PEM) an `https` upstream is verified against, in place of the
+    /// public roots.
+    pub upstream_ca: Option<Text>,
     /// The upstream sees the client's Host (false: the upstream's authority).
     pub preserve_host: bool,
     pub limits: Limits,
@@ -57,6 +60,7 @@ impl Default for Config {
         Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             upstream: None,
+            upstream_ca: None,
             preserve_host: true,
             limits: Limits::default(),
             tls: None,
@@ -555,6 +559,9 @@ impl Config {
         }
         if let Some(h) = &mut self.block_response.html {
             fix(h);
+        }
+        if let Some(ca) = &mut self.upstream_ca {
+            fix(ca);
         }
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.cert);
