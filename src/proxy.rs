@@ -219,10 +219,16 @@ impl Proxy {
 
             let client_ip = decision.client_ip;
             let started = crate::clock::Moment::now();
+            // One clock reading for the timeout, the pool's idle check and the metric.
             let sent = Bounded::new(
-                std::pin::pin!(self.shared.pool.send(&upstream.pool_key(), &mut req)),
+                std::pin::pin!(
+                    self.shared
+                        .pool
+                        .send_at(upstream.pool_key(), &mut req, started)
+                ),
                 cfg.limits.upstream_timeout.0,
                 polled_by_watchdog,
+                started,
             )
             .await;
             self.shared

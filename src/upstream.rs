@@ -37,6 +37,9 @@ pub(crate) struct Upstream {
     /// public ones.
     #[cfg(feature = "gateway")]
     tls: Option<std::sync::Arc<crate::upstream_connect::CaRoots>>,
+    /// Where its connections go: made once, borrowed by every request.
+    #[cfg(feature = "gateway")]
+    key: crate::upstream_pool::PoolKey,
 }
 
 impl Upstream {
@@ -56,6 +59,12 @@ impl Upstream {
             .ok_or_else(|| UpstreamError::NoHost(url.to_string()))?;
         let base_path = uri.path().trim_end_matches('/').to_string();
         let host = http::HeaderValue::from_str(authority.as_str()).ok();
+        #[cfg(feature = "gateway")]
+        let key = crate::upstream_pool::PoolKey {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            tls: None,
+        };
         Ok(Upstream {
             scheme,
             authority,
@@ -63,6 +72,8 @@ impl Upstream {
             base_path,
             #[cfg(feature = "gateway")]
             tls: None,
+            #[cfg(feature = "gateway")]
+            key,
         })
     }
 
@@ -81,7 +92,9 @@ impl Upstream {
             )));
         }
         let previous = previous.and_then(|p| p.tls.as_ref());
-        self.tls = Some(crate::upstream_connect::load_ca(ca, previous)?);
+        let roots = crate::upstream_connect::load_ca(ca, previous)?;
+        self.key.tls = Some(roots.config.clone());
+        self.tls = Some(roots);
         Ok(self)
     }
 
@@ -99,12 +112,8 @@ impl Upstream {
 
     /// Where connections to this upstream go (the pool's key).
     #[cfg(feature = "gateway")]
-    pub(crate) fn pool_key(&self) -> crate::upstream_pool::PoolKey {
-        crate::upstream_pool::PoolKey {
-            scheme: self.scheme.clone(),
-            authority: self.authority.clone(),
-            tls: self.tls.as_ref().map(|t| t.config.clone()),
-        }
+    pub(crate) fn pool_key(&self) -> &crate::upstream_pool::PoolKey {
+        &self.key
     }
 
     /// The request target to send upstream (origin form) for a request's path and

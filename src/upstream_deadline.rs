@@ -35,13 +35,19 @@ pub(crate) struct Bounded<F> {
 }
 
 impl<F: Future + Unpin> Bounded<F> {
-    /// Bounds `inner` by `limit`. `polled_periodically`: something polls the future
-    /// more often than every `limit` while it waits (an HTTP/1.1 connection's watchdog).
-    pub(crate) fn new(inner: F, limit: Duration, polled_periodically: bool) -> Bounded<F> {
+    /// Bounds `inner` by `limit` from `started`. `polled_periodically`: something polls
+    /// the future more often than every `limit` while it waits (an HTTP/1.1 connection's
+    /// watchdog).
+    pub(crate) fn new(
+        inner: F,
+        limit: Duration,
+        polled_periodically: bool,
+        started: Moment,
+    ) -> Bounded<F> {
         Bounded {
             inner,
             limit,
-            started: Moment::now(),
+            started,
             timer: None,
             eager: !polled_periodically,
             waited: false,
@@ -85,7 +91,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_in_time_passes_and_no_timer_is_armed_for_it() {
         let (tx, rx) = tokio::sync::oneshot::channel::<u8>();
-        let mut b = Bounded::new(rx, Duration::from_secs(5), true);
+        let mut b = Bounded::new(rx, Duration::from_secs(5), true, Moment::now());
         assert!(poll_once(&mut b).await.is_pending());
         tx.send(7).unwrap();
         assert_eq!((&mut b).await.unwrap().unwrap(), 7);
@@ -97,7 +103,7 @@ mod tests {
         let (_tx, rx) = tokio::sync::oneshot::channel::<u8>();
         let limit = Duration::from_millis(300);
         let started = std::time::Instant::now();
-        let mut b = Bounded::new(rx, limit, true);
+        let mut b = Bounded::new(rx, limit, true, Moment::now());
         assert!(poll_once(&mut b).await.is_pending());
         assert!(b.timer.is_none());
         // What the connection's watchdog does: a poll within a quarter of the limit.
@@ -112,7 +118,7 @@ mod tests {
     #[tokio::test]
     async fn an_eager_bound_arms_at_the_first_wait() {
         let (_tx, rx) = tokio::sync::oneshot::channel::<u8>();
-        let mut b = Bounded::new(rx, Duration::from_millis(100), false);
+        let mut b = Bounded::new(rx, Duration::from_millis(100), false, Moment::now());
         assert!(poll_once(&mut b).await.is_pending());
         assert!(b.timer.is_some());
         assert_eq!(

@@ -104,32 +104,36 @@ struct Shared<C: Connect> {
     released: Notify,
 }
 
-/// An open connection and the permit it holds for as long as it is open. Boxed: a
-/// TLS stream is large, and a connection moves with every request and response.
-pub(crate) struct Pooled<T> {
-    conn: Box<Conn<T>>,
+/// An open connection. Boxed: a TLS stream is large, and a connection moves with every
+/// request and response (as does the response body holding it).
+pub(crate) struct Pooled<T>(Box<Open<T>>);
+
+struct Open<T> {
+    conn: Conn<T>,
+    /// Where it goes.
+    key: PoolKey,
+    /// The thread whose runtime's reactor the connection is registered with
+    /// ([`this_thread`]).
+    home: u64,
+    /// Held for as long as the connection is open.
     _permit: OwnedSemaphorePermit,
 }
 
 impl<T> Pooled<T> {
     /// The connection's I/O (an upgraded connection's tunnel uses it).
     pub(crate) fn io_mut(&mut self) -> &mut T {
-        &mut self.conn.io
+        &mut self.0.conn.io
     }
 
     /// What was read past the response head (the first bytes of an upgraded protocol).
     pub(crate) fn take_buffered(&mut self) -> BytesMut {
-        self.conn.rbuf.split()
+        self.0.conn.rbuf.split()
     }
 }
 
 struct Idle<T> {
-    key: PoolKey,
     conn: Pooled<T>,
     since: Moment,
-    /// The thread whose runtime's reactor the connection is registered with
-    /// ([`this_thread`]).
-    home: u64,
 }
 
 /// A number for the calling thread. A connection's socket is registered with the
@@ -194,6 +198,7 @@ where
     /// Sends `req` (its URI in origin form, its headers as they go upstream) to `key`'s
     /// upstream on a pooled connection, or a new one; its body is taken as it is sent.
     /// The response's body holds the connection until it has been read to its end.
+    #[cfg(test)]
     pub(crate) async fn send<B>(
         &self,
         key: &PoolKey,
@@ -204,18 +209,34 @@ where
         B::Data: Buf,
         B::Error: Into<BoxError>,
     {
+        self.send_at(key, req, Moment::now()).await
+    }
+
+    /// As `send`, at `now` (the caller's clock reading: idle connections older than
+    /// the idle timeout then are not used).
+    pub(crate) async fn send_at<B>(
+        &self,
+        key: &PoolKey,
+        req: &mut Request<B>,
+        now: Moment,
+    ) -> Result<Response<UpstreamBody<C>>, PoolError>
+    where
+        B: Body + Unpin,
+        B::Data: Buf,
+        B::Error: Into<BoxError>,
+    {
         loop {
             // Waiting for a permit and connecting are the rare paths: boxed, so the
             // future of every request stays small.
-            let (mut conn, home, reused) = match self.take(key) {
-                Some((c, home)) => (c, home, true),
+            let (mut conn, reused) = match self.take(key, now) {
+                Some(c) => (c, true),
                 None => match self.open(key).await? {
-                    Some(c) => (c, this_thread(), false),
+                    Some(c) => (c, false),
                     // A connection came back meanwhile.
                     None => continue,
                 },
             };
-            match conn.conn.exchange(req).await {
+            match conn.0.conn.exchange(req).await {
                 Ok(got) => {
                     let mut body = UpstreamBody {
                         conn: Some(conn),
@@ -223,8 +244,6 @@ where
                         reusable: got.reusable,
                         upgraded: got.framing == Framing::Upgrade,
                         pool: Arc::downgrade(&self.shared),
-                        key: key.clone(),
-                        home,
                     };
                     if body.state == Decode::Done && !body.upgraded {
                         body.finish();
@@ -253,20 +272,21 @@ where
     }
 
     /// The most recently returned open connection to `key`, if any (one of this
-    /// thread's first), with its home thread.
-    fn take(&self, key: &PoolKey) -> Option<(Pooled<Io<C>>, u64)> {
+    /// thread's first).
+    fn take(&self, key: &PoolKey, now: Moment) -> Option<Pooled<Io<C>>> {
         let mut idle = self.shared.lock();
-        Shared::<C>::prune(&mut idle, self.shared.idle_timeout, Moment::now());
+        Shared::<C>::prune(&mut idle, self.shared.idle_timeout, now);
         let me = this_thread();
         // One pass from the most recent: this thread's first, else the most recent.
         let pick = |idle: &VecDeque<Idle<Io<C>>>| {
             let mut any = None;
             for (pos, i) in idle.iter().enumerate().rev() {
-                if i.home == me {
-                    if &i.key == key {
+                let open = &i.conn.0;
+                if open.home == me {
+                    if &open.key == key {
                         return Some(pos);
                     }
-                } else if any.is_none() && &i.key == key {
+                } else if any.is_none() && &open.key == key {
                     any = Some(pos);
                 }
             }
@@ -274,8 +294,8 @@ where
         };
         while let Some(pos) = pick(&idle) {
             let Some(mut i) = idle.remove(pos) else { break };
-            if i.conn.conn.looks_open() {
-                return Some((i.conn, i.home));
+            if i.conn.0.conn.looks_open() {
+                return Some(i.conn);
             }
         }
         None
@@ -293,7 +313,7 @@ where
         released.as_mut().enable();
         {
             let mut idle = self.shared.lock();
-            if idle.iter().any(|i| &i.key == key) {
+            if idle.iter().any(|i| &i.conn.0.key == key) {
                 return Ok(None);
             }
             idle.pop_front();
@@ -317,10 +337,12 @@ where
             .connect(key)
             .await
             .map_err(PoolError::Connect)?;
-        Ok(Pooled {
-            conn: Box::new(Conn::new(io)),
+        Ok(Pooled(Box::new(Open {
+            conn: Conn::new(io),
+            key: key.clone(),
+            home: this_thread(),
             _permit: permit,
-        })
+        })))
     }
 }
 
@@ -349,8 +371,6 @@ pub(crate) struct UpstreamBody<C: Connect> {
     /// A 101 answer: the connection carries another protocol ([`Self::into_upgraded`]).
     upgraded: bool,
     pool: Weak<Shared<C>>,
-    key: PoolKey,
-    home: u64,
 }
 
 impl<C: Connect> UpstreamBody<C> {
@@ -361,18 +381,16 @@ impl<C: Connect> UpstreamBody<C> {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        if !self.reusable || !conn.conn.rbuf.is_empty() {
+        if !self.reusable || !conn.0.conn.rbuf.is_empty() {
             return;
         }
-        conn.conn.shrink();
+        conn.0.conn.shrink();
         let Some(pool) = self.pool.upgrade() else {
             return;
         };
         pool.lock().push_back(Idle {
-            key: self.key.clone(),
             conn,
             since: Moment::now(),
-            home: self.home,
         });
         pool.released.notify_one();
     }
@@ -404,7 +422,7 @@ where
             return Poll::Ready(None);
         };
         let frame = std::task::ready!(crate::upstream_h1::poll_body(
-            &mut conn.conn,
+            &mut conn.0.conn,
             &mut this.state,
             cx
         ));
@@ -592,10 +610,8 @@ mod tests {
         // ...and once both are idle (the other thread's returned last), this thread's
         // own comes first.
         assert_eq!(finish(slow).await, "part end");
-        let (_, home) = pool.take(&k).unwrap();
-        assert_eq!(home, this_thread());
-        let (_, home) = pool.take(&k).unwrap();
-        assert_eq!(home, other_home);
+        assert_eq!(pool.take(&k, Moment::now()).unwrap().0.home, this_thread());
+        assert_eq!(pool.take(&k, Moment::now()).unwrap().0.home, other_home);
         let _ = end_tx.send(());
         other.join().unwrap();
     }
