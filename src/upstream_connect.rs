@@ -46,6 +46,13 @@ pub enum UpstreamCaError {
     /// The upstream is not `https://`: there would be nothing to verify.
     #[error("upstream_ca is set, but the upstream `{0}` is not https://")]
     NotHttps(String),
+    /// rustls refused to make a client configuration with these roots.
+    #[error("upstream_ca: no TLS client configuration with the roots in {path}")]
+    Config {
+        path: String,
+        #[source]
+        source: tokio_rustls::rustls::Error,
+    },
 }
 
 /// The roots of `upstream_ca`: its certificates and the client configuration that
@@ -76,27 +83,39 @@ pub(crate) fn load_ca(
     if let Some(p) = previous.filter(|p| p.certs == certs) {
         return Ok(p.clone());
     }
-    let bad = |source| UpstreamCaError::BadCertificate {
-        path: path.to_string(),
-        source,
-    };
     let mut roots = RootCertStore::empty();
     for cert in &certs {
-        roots.add(cert.clone()).map_err(bad)?;
+        roots
+            .add(cert.clone())
+            .map_err(|source| UpstreamCaError::BadCertificate {
+                path: path.to_string(),
+                source,
+            })?;
     }
-    let config = client_config(roots).map_err(bad)?;
+    let config = client_config(roots).map_err(|source| UpstreamCaError::Config {
+        path: path.to_string(),
+        source,
+    })?;
     Ok(Arc::new(CaRoots { certs, config }))
 }
 
-/// Checks `upstream_ca` as a gateway would use it with `upstream` (`None`: not known
-/// yet, the file alone is checked): `ipgate validate` refuses what `run` refuses.
-pub fn check_upstream_ca(upstream: Option<&str>, ca: &str) -> Result<(), UpstreamCaError> {
-    if let Some(u) = upstream
-        && !u.starts_with("https://")
-    {
-        return Err(UpstreamCaError::NotHttps(u.to_string()));
+/// Every problem with `upstream_ca` as a gateway would use it with `upstream` (`None`:
+/// not known yet, the file alone is checked): `ipgate validate` refuses what `run`
+/// refuses, all at once.
+pub fn check_upstream_ca(upstream: Option<&str>, ca: &str) -> Vec<UpstreamCaError> {
+    let mut problems = Vec::new();
+    if let Some(u) = upstream {
+        let https = u
+            .parse::<Uri>()
+            .is_ok_and(|u| u.scheme() == Some(&Scheme::HTTPS));
+        if !https {
+            problems.push(UpstreamCaError::NotHttps(u.to_string()));
+        }
     }
-    load_ca(ca, None).map(|_| ())
+    if let Err(e) = load_ca(ca, None) {
+        problems.push(e);
+    }
+    problems
 }
 
 /// The client configuration trusting the public (webpki) roots: made once.

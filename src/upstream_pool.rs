@@ -225,10 +225,14 @@ where
         B::Data: Buf,
         B::Error: Into<BoxError>,
     {
+        // The caller's reading holds for the first pass only: a retry comes after an
+        // exchange that may have taken a while.
+        let mut now = Some(now);
         loop {
             // Waiting for a permit and connecting are the rare paths: boxed, so the
             // future of every request stays small.
-            let (mut conn, reused) = match self.take(key, now) {
+            let at = now.take().unwrap_or_else(Moment::now);
+            let (mut conn, reused) = match self.take(key, at) {
                 Some(c) => (c, true),
                 None => match self.open(key).await? {
                     Some(c) => (c, false),

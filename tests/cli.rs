@@ -516,7 +516,10 @@ fn validate_refuses_what_run_refuses_and_reports_all_of_it() {
         ),
         (
             "upstream: http://127.0.0.1:3000\nupstream_ca: /nonexistent/ca.pem\n",
-            &["upstream_ca is set, but the upstream `http://127.0.0.1:3000` is not https://"],
+            &[
+                "upstream_ca is set, but the upstream `http://127.0.0.1:3000` is not https://",
+                "/nonexistent/ca.pem",
+            ],
         ),
     ];
     for (text, wants) in cases {

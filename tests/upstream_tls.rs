@@ -15,50 +15,81 @@ use hyper::body::Bytes;
 use ipgate::Config;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
-/// A CA, and a certificate for 127.0.0.1 it signed: (CA PEM, leaf PEM, leaf key PEM).
-fn ca_and_leaf() -> (String, String, String) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+/// A test CA: its certificate (PEM) and what signs with it.
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
 }
 
-/// An HTTPS/1.1 upstream on loopback answering `secure <path>`; counts the TLS
-/// handshakes that completed.
+impl Ca {
+    fn new() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca {
+            pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `names` (host names or IP addresses) it signed: (PEM, key PEM).
+    fn leaf(&self, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// What a TLS upstream saw: TCP connections accepted, TLS handshakes completed.
+#[derive(Clone, Default)]
+struct Seen {
+    accepted: Arc<AtomicUsize>,
+    handshakes: Arc<AtomicUsize>,
+}
+
+impl Seen {
+    fn counts(&self) -> (usize, usize) {
+        (
+            self.accepted.load(Ordering::SeqCst),
+            self.handshakes.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// An HTTPS/1.1 upstream on `bind` (port 0) presenting `leaf`, answering `secure <path>`.
 async fn tls_upstream(
     dir: &std::path::Path,
-    leaf: &str,
-    key: &str,
-) -> (SocketAddr, Arc<AtomicUsize>) {
+    bind: &str,
+    (leaf, key): &(String, String),
+) -> (SocketAddr, Seen) {
     let (cert_path, key_path) = (dir.join("up-cert.pem"), dir.join("up-key.pem"));
     std::fs::write(&cert_path, leaf).unwrap();
     std::fs::write(&key_path, key).unwrap();
     let acceptor =
         ipgate::server::tls_acceptor(cert_path.to_str().unwrap(), key_path.to_str().unwrap())
             .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let handshakes = Arc::new(AtomicUsize::new(0));
-    let count = handshakes.clone();
+    let seen = Seen::default();
+    let counts = seen.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            counts.accepted.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
-            let count = count.clone();
+            let handshakes = counts.handshakes.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                count.fetch_add(1, Ordering::SeqCst);
+                handshakes.fetch_add(1, Ordering::SeqCst);
                 let svc = hyper::service::service_fn(
                     |req: http::Request<hyper::body::Incoming>| async move {
                         let body = format!("secure {}", req.uri().path());
@@ -73,7 +104,7 @@ async fn tls_upstream(
             });
         }
     });
-    (addr, handshakes)
+    (addr, seen)
 }
 
 fn config(yaml: &str) -> Config {
@@ -88,10 +119,10 @@ async fn get(gw: &TestGateway, path: &str) -> (u16, String) {
 #[tokio::test]
 async fn an_https_upstream_is_verified_against_upstream_ca_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, leaf, key) = ca_and_leaf();
-    let (addr, handshakes) = tls_upstream(dir.path(), &leaf, &key).await;
+    let ca = Ca::new();
+    let (addr, seen) = tls_upstream(dir.path(), "127.0.0.1:0", &ca.leaf(&["127.0.0.1"])).await;
     let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, &ca).unwrap();
+    std::fs::write(&ca_path, &ca.pem).unwrap();
     let with_ca = |ca: &std::path::Path| {
         config(&format!(
             "listen: 127.0.0.1:0\nupstream: https://{addr}\nupstream_ca: '{}'\n",
@@ -104,28 +135,27 @@ async fn an_https_upstream_is_verified_against_upstream_ca_alone() {
     for path in ["/a", "/b", "/c"] {
         assert_eq!(get(&gw, path).await, (200, format!("secure {path}")));
     }
-    assert_eq!(
-        handshakes.load(Ordering::SeqCst),
-        1,
-        "the TLS connection was not reused"
-    );
+    assert_eq!(seen.counts(), (1, 1), "the TLS connection was not reused");
 
     // A reload with the same roots keeps the pooled connection.
     gw.gate.reload(with_ca(&ca_path)).await.unwrap();
     assert_eq!(get(&gw, "/d").await, (200, "secure /d".to_string()));
     assert_eq!(
-        handshakes.load(Ordering::SeqCst),
-        1,
+        seen.counts(),
+        (1, 1),
         "a reload without change dropped the pool"
     );
 
     // Other roots in the same file: the pooled connection (verified against the old
     // roots) is not used, and the new ones do not trust the upstream.
-    let (other_ca, _, _) = ca_and_leaf();
-    std::fs::write(&ca_path, &other_ca).unwrap();
+    std::fs::write(&ca_path, Ca::new().pem).unwrap();
     gw.gate.reload(with_ca(&ca_path)).await.unwrap();
     assert_eq!(get(&gw, "/e").await.0, 502);
-    assert_eq!(handshakes.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        seen.counts(),
+        (2, 1),
+        "no new connection, or one that completed TLS"
+    );
     gw.shutdown().await;
 
     // Without upstream_ca, the public roots: the test CA is not among them.
@@ -134,19 +164,66 @@ async fn an_https_upstream_is_verified_against_upstream_ca_alone() {
     assert_eq!(get(&gw, "/f").await.0, 502);
     gw.shutdown().await;
     assert_eq!(
-        handshakes.load(Ordering::SeqCst),
-        1,
-        "an untrusted upstream was used"
+        seen.counts(),
+        (3, 1),
+        "TLS was not tried, or an untrusted upstream was used"
     );
+}
+
+/// The certificate must be for the upstream's host: a trusted CA is not enough.
+#[tokio::test]
+async fn a_certificate_for_another_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let (addr, seen) = tls_upstream(
+        dir.path(),
+        "127.0.0.1:0",
+        &ca.leaf(&["other.example", "10.0.0.1"]),
+    )
+    .await;
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca.pem).unwrap();
+    let gw = TestGateway::start_config(config(&format!(
+        "listen: 127.0.0.1:0\nupstream: https://{addr}\nupstream_ca: '{}'\n",
+        ca_path.display()
+    )))
+    .await;
+    assert_eq!(get(&gw, "/").await.0, 502);
+    assert_eq!(seen.counts(), (1, 0));
+    gw.shutdown().await;
+}
+
+/// An IPv6 literal upstream (`https://[::1]:PORT`) is verified against its IP address.
+#[tokio::test]
+async fn an_ipv6_literal_upstream_is_verified_by_its_address() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: no IPv6 loopback here; the [::1] upstream is not tested");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca.pem).unwrap();
+    for (names, want) in [(&["::1"][..], 200), (&["127.0.0.1"][..], 502)] {
+        let (addr, _) = tls_upstream(dir.path(), "[::1]:0", &ca.leaf(names)).await;
+        let gw = TestGateway::start_config(config(&format!(
+            "listen: 127.0.0.1:0\nupstream: https://[::1]:{}\nupstream_ca: '{}'\n",
+            addr.port(),
+            ca_path.display()
+        )))
+        .await;
+        assert_eq!(get(&gw, "/v6").await.0, want, "certificate for {names:?}");
+        gw.shutdown().await;
+    }
 }
 
 #[tokio::test]
 async fn a_bad_upstream_ca_is_refused_with_its_cause_and_a_reload_keeps_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, leaf, key) = ca_and_leaf();
-    let (addr, _) = tls_upstream(dir.path(), &leaf, &key).await;
+    let ca = Ca::new();
+    let (addr, _) = tls_upstream(dir.path(), "127.0.0.1:0", &ca.leaf(&["127.0.0.1"])).await;
     let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, &ca).unwrap();
+    std::fs::write(&ca_path, &ca.pem).unwrap();
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "no certificate here\n").unwrap();
 

@@ -246,7 +246,7 @@ pub(crate) fn load_for_gateway(path: &Path, upstream: Option<&str>) -> Result<Co
     }
     if let Some(ca) = &cfg.upstream_ca {
         let url = cfg.upstream.as_ref().map(|u| u.0.as_str());
-        if let Err(e) = ipgate::server::check_upstream_ca(url, &ca.0) {
+        for e in ipgate::server::check_upstream_ca(url, &ca.0) {
             problems.push(format!("{:#}", anyhow::Error::new(e)));
         }
     }
