@@ -39,7 +39,7 @@ pub(crate) struct Upstream {
     tls: Option<std::sync::Arc<crate::upstream_connect::CaRoots>>,
     /// Where its connections go: made once, borrowed by every request.
     #[cfg(feature = "gateway")]
-    key: crate::upstream_pool::PoolKey,
+    key: crate::upstream_connect::PoolKey,
 }
 
 impl Upstream {
@@ -60,7 +60,7 @@ impl Upstream {
         let base_path = uri.path().trim_end_matches('/').to_string();
         let host = http::HeaderValue::from_str(authority.as_str()).ok();
         #[cfg(feature = "gateway")]
-        let key = crate::upstream_pool::PoolKey {
+        let key = crate::upstream_connect::PoolKey {
             scheme: scheme.clone(),
             authority: authority.clone(),
             tls: None,
@@ -112,7 +112,7 @@ impl Upstream {
 
     /// Where connections to this upstream go (the pool's key).
     #[cfg(feature = "gateway")]
-    pub(crate) fn pool_key(&self) -> &crate::upstream_pool::PoolKey {
+    pub(crate) fn pool_key(&self) -> &crate::upstream_connect::PoolKey {
         &self.key
     }
 

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use http::Uri;
-use http::uri::Scheme;
+use http::uri::{Authority, Scheme};
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -17,7 +17,6 @@ use tokio_util::either::Either;
 use tower_service::Service;
 
 use crate::upstream_h1::BoxError;
-use crate::upstream_pool::PoolKey;
 
 /// A connection to the upstream: plain, or TLS.
 pub(crate) type UpstreamIo = Either<TcpStream, TlsStream<TcpStream>>;
@@ -140,6 +139,30 @@ fn client_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, tokio_rustls
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// Where a connection goes: the pool reuses connections only for the same key.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolKey {
+    pub(crate) scheme: Scheme,
+    pub(crate) authority: Authority,
+    /// For `https`: the roots to verify the upstream against, when not the public ones
+    /// (`upstream_ca`). A connection verified against other roots is not reused.
+    pub(crate) tls: Option<Arc<ClientConfig>>,
+}
+
+impl PartialEq for PoolKey {
+    fn eq(&self, other: &PoolKey) -> bool {
+        self.scheme == other.scheme
+            && self.authority == other.authority
+            && match (&self.tls, &other.tls) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for PoolKey {}
 
 /// Opens connections to a [`PoolKey`]'s upstream.
 pub(crate) trait Connect: Clone + Send + Sync + 'static {

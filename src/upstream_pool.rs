@@ -19,38 +19,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response};
 use hyper::body::{Body, Frame};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::Moment;
-use crate::upstream_connect::Connect;
+use crate::upstream_connect::{Connect, PoolKey};
 use crate::upstream_h1::{BodyError, BoxError, Conn, Decode, ExchangeError, Framing};
-
-/// Where a pooled connection goes: connections are reused only for the same key.
-#[derive(Debug, Clone)]
-pub(crate) struct PoolKey {
-    pub(crate) scheme: Scheme,
-    pub(crate) authority: Authority,
-    /// For `https`: the roots to verify the upstream against, when not the public ones
-    /// (`upstream_ca`). A connection verified against other roots is not reused.
-    pub(crate) tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
-}
-
-impl PartialEq for PoolKey {
-    fn eq(&self, other: &PoolKey) -> bool {
-        self.scheme == other.scheme
-            && self.authority == other.authority
-            && match (&self.tls, &other.tls) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            }
-    }
-}
-
-impl Eq for PoolKey {}
 
 /// Why a request could not be sent upstream.
 #[derive(Debug, thiserror::Error)]
@@ -456,6 +431,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::upstream_connect::UpstreamConnector;
+    use http::uri::Scheme;
     use http_body_util::{BodyExt, Empty};
     use hyper::body::Incoming;
     use hyper_util::rt::TokioIo;
