@@ -33,6 +33,13 @@ impl Ca {
         }
     }
 
+    /// Writes its certificate to `dir/ca.pem`, for `upstream_ca`.
+    fn write(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, &self.pem).unwrap();
+        path
+    }
+
     /// A certificate for `names` (host names or IP addresses) it signed: (PEM, key PEM).
     fn leaf(&self, names: &[&str]) -> (String, String) {
         let key = KeyPair::generate().unwrap();
@@ -107,6 +114,14 @@ async fn tls_upstream(
     (addr, seen)
 }
 
+/// A gateway on loopback in front of `upstream` (`https://HOST:PORT`), trusting `ca`.
+fn gateway_yaml(upstream: &str, ca: &std::path::Path) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nupstream: {upstream}\nupstream_ca: '{}'\n",
+        ca.display()
+    )
+}
+
 fn config(yaml: &str) -> Config {
     Config::from_yaml(yaml, "test").unwrap()
 }
@@ -121,14 +136,8 @@ async fn an_https_upstream_is_verified_against_upstream_ca_alone() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new();
     let (addr, seen) = tls_upstream(dir.path(), "127.0.0.1:0", &ca.leaf(&["127.0.0.1"])).await;
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, &ca.pem).unwrap();
-    let with_ca = |ca: &std::path::Path| {
-        config(&format!(
-            "listen: 127.0.0.1:0\nupstream: https://{addr}\nupstream_ca: '{}'\n",
-            ca.display()
-        ))
-    };
+    let ca_path = ca.write(dir.path());
+    let with_ca = |ca: &std::path::Path| config(&gateway_yaml(&format!("https://{addr}"), ca));
 
     // Trusted through upstream_ca: answered over TLS, on one pooled connection.
     let gw = TestGateway::start_config(with_ca(&ca_path)).await;
@@ -181,13 +190,9 @@ async fn a_certificate_for_another_name_is_refused() {
         &ca.leaf(&["other.example", "10.0.0.1"]),
     )
     .await;
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, &ca.pem).unwrap();
-    let gw = TestGateway::start_config(config(&format!(
-        "listen: 127.0.0.1:0\nupstream: https://{addr}\nupstream_ca: '{}'\n",
-        ca_path.display()
-    )))
-    .await;
+    let ca_path = ca.write(dir.path());
+    let gw = TestGateway::start_config(config(&gateway_yaml(&format!("https://{addr}"), &ca_path)))
+        .await;
     assert_eq!(get(&gw, "/").await.0, 502);
     assert_eq!(seen.counts(), (1, 0));
     gw.shutdown().await;
@@ -202,16 +207,11 @@ async fn an_ipv6_literal_upstream_is_verified_by_its_address() {
     }
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new();
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, &ca.pem).unwrap();
+    let ca_path = ca.write(dir.path());
     for (names, want) in [(&["::1"][..], 200), (&["127.0.0.1"][..], 502)] {
         let (addr, _) = tls_upstream(dir.path(), "[::1]:0", &ca.leaf(names)).await;
-        let gw = TestGateway::start_config(config(&format!(
-            "listen: 127.0.0.1:0\nupstream: https://[::1]:{}\nupstream_ca: '{}'\n",
-            addr.port(),
-            ca_path.display()
-        )))
-        .await;
+        let upstream = format!("https://[::1]:{}", addr.port());
+        let gw = TestGateway::start_config(config(&gateway_yaml(&upstream, &ca_path))).await;
         assert_eq!(get(&gw, "/v6").await.0, want, "certificate for {names:?}");
         gw.shutdown().await;
     }
@@ -222,8 +222,7 @@ async fn a_bad_upstream_ca_is_refused_with_its_cause_and_a_reload_keeps_the_old_
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new();
     let (addr, _) = tls_upstream(dir.path(), "127.0.0.1:0", &ca.leaf(&["127.0.0.1"])).await;
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, &ca.pem).unwrap();
+    let ca_path = ca.write(dir.path());
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "no certificate here\n").unwrap();
 
@@ -255,10 +254,7 @@ async fn a_bad_upstream_ca_is_refused_with_its_cause_and_a_reload_keeps_the_old_
     assert!(err.contains("holds no certificate"), "{err}");
 
     // A reload to a broken file is refused; the roots in force stay.
-    let good = format!(
-        "listen: 127.0.0.1:0\nupstream: https://{addr}\nupstream_ca: '{}'\n",
-        ca_path.display()
-    );
+    let good = gateway_yaml(&format!("https://{addr}"), &ca_path);
     let gw = TestGateway::start_config(config(&good)).await;
     let bad = good.replace(ca_path.to_str().unwrap(), empty.to_str().unwrap());
     assert!(gw.gate.reload(config(&bad)).await.is_err());
