@@ -59,6 +59,8 @@ mod accept_threads;
 #[cfg(feature = "gateway")]
 pub mod admin;
 #[cfg(feature = "gateway")]
+mod batched_io;
+#[cfg(feature = "gateway")]
 mod headers;
 #[cfg(feature = "gateway")]
 mod proxy;

@@ -726,7 +726,8 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(cfg.limits.max_concurrent_streams);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(crate::batched_io::Batched::new(io)), svc);
     tokio::pin!(conn);
     let idle = cfg.limits.idle_timeout.0;
     let header_read = cfg.limits.header_read_timeout.0;

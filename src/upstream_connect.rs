@@ -198,9 +198,9 @@ enum ConnectError {
 }
 
 impl Connect for UpstreamConnector {
-    type Io = UpstreamIo;
+    type Io = crate::batched_io::Batched<UpstreamIo>;
 
-    async fn connect(&self, key: &PoolKey) -> Result<UpstreamIo, BoxError> {
+    async fn connect(&self, key: &PoolKey) -> Result<Self::Io, BoxError> {
         let https = key.scheme == Scheme::HTTPS;
         let uri = Uri::builder()
             .scheme(if https { Scheme::HTTPS } else { Scheme::HTTP })
@@ -211,7 +211,7 @@ impl Connect for UpstreamConnector {
         std::future::poll_fn(|cx| tcp.poll_ready(cx)).await?;
         let stream = tcp.call(uri).await?.into_inner();
         if !https {
-            return Ok(Either::Left(stream));
+            return Ok(crate::batched_io::Batched::new(Either::Left(stream)));
         }
         let host = key.authority.host();
         // An IPv6 literal comes in brackets.
@@ -226,6 +226,6 @@ impl Connect for UpstreamConnector {
             .connect(name, stream)
             .await
             .map_err(ConnectError::Handshake)?;
-        Ok(Either::Right(tls))
+        Ok(crate::batched_io::Batched::new(Either::Right(tls)))
     }
 }
