@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::runtime::{self, Handle, RuntimeFlavor};
 
 /// At most this many bytes are held; a write beyond it sends what is held first.
 const HOLD_LIMIT: usize = 16 * 1024;
@@ -208,10 +208,15 @@ impl<I: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Batched<I> {
         let mut s = self.state();
         let len: usize = bufs.iter().map(|b| b.len()).sum();
         if s.sends_itself(hold) || s.out.len() + len > HOLD_LIMIT {
-            std::task::ready!(s.poll_send(cx))?;
+            if !s.out.is_empty() || s.stalled || s.failed.is_some() {
+                std::task::ready!(s.poll_send(cx))?;
+            }
             if !hold || len > HOLD_LIMIT {
                 return Pin::new(&mut s.io).poll_write_vectored(cx, bufs);
             }
+        }
+        if len == 0 {
+            return Poll::Ready(Ok(0));
         }
         s.out.reserve(len);
         for b in bufs {
@@ -255,52 +260,68 @@ impl<I: AsyncWrite + Unpin + Send> Held for Shared<I> {
     }
 }
 
-/// This thread's connections with bytes held, and its sending task.
-#[derive(Default)]
+/// One runtime's connections with bytes held, and its sending task.
 struct Round {
+    runtime: runtime::Id,
     held: Vec<Arc<dyn Held>>,
     /// The sending task's waker while it waits for work.
     sender: Option<Waker>,
     /// Cleared when the sending task ends (with its runtime).
-    alive: Option<Arc<AtomicBool>>,
+    alive: Arc<AtomicBool>,
 }
 
 thread_local! {
-    static ROUND: RefCell<Round> = RefCell::default();
+    /// The rounds of the one-thread runtimes run on this thread: one, unless runtimes
+    /// take turns on it.
+    static ROUNDS: RefCell<Vec<Round>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Puts `held` in this thread's list, waking (or starting) the sending task: false,
-/// and nothing queued, when there is no one-thread runtime here to run that task.
+/// Puts `held` in the current runtime's round, waking (or starting) its sending task:
+/// false, and nothing queued, when there is no one-thread runtime here to run it.
 fn queue(held: Arc<dyn Held>) -> bool {
-    let alive = ROUND.with(|r| {
-        let r = r.borrow();
-        r.alive.as_ref().is_some_and(|a| a.load(Ordering::Relaxed))
-    });
-    if !alive {
-        match Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == RuntimeFlavor::CurrentThread => {
-                let alive = Arc::new(AtomicBool::new(true));
-                ROUND.with(|r| {
-                    let mut r = r.borrow_mut();
-                    r.alive = Some(alive.clone());
-                    r.sender = None;
-                });
-                h.spawn(sender(Alive(alive)));
-            }
-            _ => return false,
-        }
+    let Ok(handle) = Handle::try_current() else {
+        return false;
+    };
+    if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
+        return false;
     }
-    ROUND.with(|r| {
-        let mut r = r.borrow_mut();
-        r.held.push(held);
-        if let Some(w) = r.sender.take() {
-            w.wake();
+    let id = handle.id();
+    let start = ROUNDS.with(|rounds| {
+        let mut rounds = rounds.borrow_mut();
+        if let Some(r) = rounds.iter_mut().find(|r| r.runtime == id)
+            && r.alive.load(Ordering::Relaxed)
+        {
+            r.held.push(held);
+            if let Some(w) = r.sender.take() {
+                w.wake();
+            }
+            return None;
         }
+        // Runtimes that ended leave what they held to this one's sending task.
+        let mut inherited = vec![held];
+        rounds.retain_mut(|r| {
+            let ended = r.runtime == id || !r.alive.load(Ordering::Relaxed);
+            if ended {
+                inherited.append(&mut r.held);
+            }
+            !ended
+        });
+        let alive = Arc::new(AtomicBool::new(true));
+        rounds.push(Round {
+            runtime: id,
+            held: inherited,
+            sender: None,
+            alive: alive.clone(),
+        });
+        Some(alive)
     });
+    if let Some(alive) = start {
+        handle.spawn(sender(id, Alive(alive)));
+    }
     true
 }
 
-/// Marks the sending task ended when it is dropped.
+/// Marks a sending task ended when it is dropped.
 struct Alive(Arc<AtomicBool>);
 
 impl Drop for Alive {
@@ -309,18 +330,21 @@ impl Drop for Alive {
     }
 }
 
-/// Sends what the connections hold, each time it is woken. Being woken puts it behind
-/// the tasks the runtime has already woken, so it runs at the end of their round.
-async fn sender(alive: Alive) {
+/// Sends what the connections of `runtime` hold, each time it is woken. Being woken
+/// puts it behind the tasks the runtime has already woken, so it runs at the end of
+/// their round.
+async fn sender(runtime: runtime::Id, alive: Alive) {
     let _alive = alive;
     let mut taken: Vec<Arc<dyn Held>> = Vec::new();
     std::future::poll_fn(|cx| -> Poll<()> {
         loop {
-            ROUND.with(|r| {
-                let mut r = r.borrow_mut();
-                std::mem::swap(&mut r.held, &mut taken);
-                if taken.is_empty() {
-                    r.sender = Some(cx.waker().clone());
+            ROUNDS.with(|rounds| {
+                let mut rounds = rounds.borrow_mut();
+                if let Some(r) = rounds.iter_mut().find(|r| r.runtime == runtime) {
+                    std::mem::swap(&mut r.held, &mut taken);
+                    if taken.is_empty() {
+                        r.sender = Some(cx.waker().clone());
+                    }
                 }
             });
             if taken.is_empty() {
@@ -504,6 +528,32 @@ mod tests {
             .expect("the peer sees the end")
             .unwrap();
         assert_eq!(got, b"held");
+    }
+
+    #[test]
+    fn runtimes_taking_turns_on_one_thread_each_send_their_own() {
+        // The first runtime's sending task lives on while the second runs, but only
+        // its own runtime polls it: the second needs one of its own.
+        let rt = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let (first, second) = (rt(), rt());
+        for (turn, rt) in [&first, &second, &first].into_iter().enumerate() {
+            rt.block_on(async {
+                let (a, mut pa) = duplex(64);
+                let mut a = Batched::new(a);
+                a.write_all(b"turn").await.unwrap();
+                let mut got = [0u8; 4];
+                tokio::time::timeout(std::time::Duration::from_secs(5), pa.read_exact(&mut got))
+                    .await
+                    .unwrap_or_else(|_| panic!("turn {turn}: never sent"))
+                    .unwrap();
+                assert_eq!(&got, b"turn");
+            });
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
