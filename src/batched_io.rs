@@ -1,26 +1,33 @@
 //! Writes that leave together. A connection's small writes are held, and one task per
-//! thread sends everything held once the tasks the runtime had already woken have run.
+//! runtime sends everything held once the tasks the runtime had already woken have run.
 //! The peers on the other side (the client, the upstream), often on another core, are
 //! then woken once for several answers rather than once for each: this is how an event
 //! loop such as HAProxy's or nginx's times its writes, and what halves the wake-ups of
 //! the processes around the gateway (docs/benchmarks.md, tenth round).
 //!
-//! Writes are held only on a one-thread runtime, the gateway's thread-per-core serving;
-//! on tokio's multi-threaded runtime a task may move between threads, so the wrapper
-//! writes at once there. A write that would make more than [`HOLD_LIMIT`] bytes held,
-//! and any write after a send that could not finish, is sent by the connection's own
-//! task with its own waker: a client that reads slowly pushes back as before.
-//!
-//! An error met while sending for a connection is returned by its next read, write or
-//! flush; nothing held is dropped while the connection lives, and a connection dropped
-//! with bytes held is kept open until they are sent.
+//! - Writes are held only on a one-thread runtime, the gateway's thread-per-core
+//!   serving; on tokio's multi-threaded runtime a task may move between threads, so the
+//!   wrapper writes at once there.
+//! - A write that would make more than [`HOLD_LIMIT`] bytes held is sent by the
+//!   connection's own task, after what is held: a large body is not copied, and a slow
+//!   reader pushes back as before.
+//! - A send that meets a full socket is finished by a task of its own, with a waker of
+//!   its own; the connection's writes wait behind it once [`HOLD_LIMIT`] bytes are
+//!   held, its flush and shutdown until it is done. Nothing depends on the connection
+//!   polling again, and a connection dropped meanwhile still has its bytes sent, for at
+//!   most [`LINGER`].
+//! - A send that fails makes the connection's next write, flush or shutdown fail (and
+//!   every one after it); its reads go on, so an answer the peer sent before closing is
+//!   still read.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::{self, Handle, RuntimeFlavor};
@@ -30,7 +37,15 @@ const HOLD_LIMIT: usize = 16 * 1024;
 
 /// The held buffer a connection keeps between answers; a larger one is let go once
 /// sent, so idle keep-alive connections stay small.
-const KEEP_CAPACITY: usize = 8 * 1024;
+const KEEP_CAPACITY: usize = 4 * 1024;
+
+/// How long a stalled send is pursued once its connection was dropped (shorter in
+/// tests, which wait it out).
+const LINGER: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(5)
+};
 
 /// A connection whose writes may be held until the end of the runtime's round.
 pub(crate) struct Batched<I> {
@@ -40,8 +55,9 @@ pub(crate) struct Batched<I> {
 }
 
 struct Shared<I> {
-    // Locked by the connection's task and by its thread's sending task, never both at
-    // once (both run on the one thread), so the lock is never contended.
+    // Locked by the connection's task and by the tasks sending for it; all on one
+    // thread, except for an upstream connection taken from another thread's pool, so
+    // the lock is rarely contended and never held across an await.
     state: Mutex<State<I>>,
 }
 
@@ -49,14 +65,20 @@ struct State<I> {
     io: I,
     /// Written by the connection, not sent yet.
     out: Vec<u8>,
-    /// In its thread's list of connections to send.
-    queued: bool,
-    /// A send met a full socket: the connection's own task sends the rest.
+    /// The round it is queued on, until that round's sending task has sent it.
+    queued: Option<Arc<Round>>,
+    /// A send met a full socket: a task of its own finishes it (`finish`).
     stalled: bool,
-    /// A send failed: returned by the connection's next read, write or flush.
+    /// That task's waker, to tell it the connection was dropped.
+    finisher: Option<Waker>,
+    /// The connection was dropped (only `finish` may still hold it).
+    dropped: bool,
+    /// A send failed: returned by the connection's next write, flush or shutdown.
     failed: Option<io::Error>,
-    /// The connection's task, woken when a send for it stalls or fails.
-    owner: Option<Waker>,
+    /// A send failed once: every later write, flush and shutdown fails.
+    broken: Option<io::ErrorKind>,
+    /// A task waiting for a stalled send to end.
+    waiter: Option<Waker>,
 }
 
 impl<I> Batched<I> {
@@ -71,10 +93,13 @@ impl<I> Batched<I> {
                 state: Mutex::new(State {
                     io,
                     out: Vec::new(),
-                    queued: false,
+                    queued: None,
                     stalled: false,
+                    finisher: None,
+                    dropped: false,
                     failed: None,
-                    owner: None,
+                    broken: None,
+                    waiter: None,
                 }),
             }),
             hold,
@@ -86,29 +111,13 @@ impl<I> Batched<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin + Send + 'static> Batched<I> {
-    /// Puts the connection in its thread's list, once per round, with `cx`'s task as
-    /// the one to wake if the send stalls or fails. Without a one-thread runtime here
-    /// to send it later, it is sent now (what does not go is the task's to send).
-    fn queue(&self, mut s: MutexGuard<'_, State<I>>, cx: &mut Context<'_>) {
-        match &s.owner {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => s.owner = Some(cx.waker().clone()),
-        }
-        if s.queued {
-            return;
-        }
-        s.queued = true;
-        drop(s);
-        if queue(self.shared.clone()) {
-            return;
-        }
+impl<I> Drop for Batched<I> {
+    fn drop(&mut self) {
         let mut s = self.state();
-        s.queued = false;
-        match s.poll_send(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => s.failed = Some(e),
-            Poll::Pending => s.stalled = true,
+        s.dropped = true;
+        // A stalled send now has a time limit: its task must look again.
+        if let Some(w) = s.finisher.take() {
+            w.wake();
         }
     }
 }
@@ -116,19 +125,50 @@ impl<I: AsyncWrite + Unpin + Send + 'static> Batched<I> {
 impl<I> Shared<I> {
     fn state(&self) -> MutexGuard<'_, State<I>> {
         // Nothing done under the lock panics; were it poisoned, the state is still
-        // whole (every change to it is a single assignment).
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        // whole (each change to it is an assignment).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<I> State<I> {
+    /// The error a write, flush or shutdown returns after a failed send.
+    fn failure(&mut self) -> Option<io::Error> {
+        if let Some(e) = self.failed.take() {
+            return Some(e);
+        }
+        self.broken
+            .map(|kind| io::Error::new(kind, "an earlier send on this connection failed"))
+    }
+
+    /// Records a failed send: what is held is dropped (the connection is broken).
+    fn fail(&mut self, e: io::Error) {
+        self.broken = Some(e.kind());
+        self.failed = Some(e);
+        self.out = Vec::new();
+    }
+
+    /// Waits for a stalled send to end.
+    fn wait(&mut self, cx: &Context<'_>) {
+        match &self.waiter {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => {
+                if let Some(old) = self.waiter.replace(cx.waker().clone()) {
+                    old.wake();
+                }
+            }
+        }
+    }
+
+    fn wake_waiter(&mut self) {
+        if let Some(w) = self.waiter.take() {
+            w.wake();
+        }
     }
 }
 
 impl<I: AsyncWrite + Unpin> State<I> {
     /// Sends what is held and flushes, with `cx`: ready once all of it is out.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Some(e) = self.failed.take() {
-            return Poll::Ready(Err(e));
-        }
         while !self.out.is_empty() {
             match std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &self.out)) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
@@ -140,53 +180,78 @@ impl<I: AsyncWrite + Unpin> State<I> {
             }
         }
         std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-        self.stalled = false;
         if self.out.capacity() > KEEP_CAPACITY {
             self.out = Vec::new();
         }
         Poll::Ready(Ok(()))
     }
 
-    /// Sends what is held, for the sending task: what cannot go now is left to the
-    /// connection's task, woken to send it (or to see the error).
-    fn send_held(&mut self) {
-        if !self.queued {
-            return;
-        }
-        self.queued = false;
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.poll_send(&mut cx) {
-            Poll::Ready(Ok(())) => return,
-            Poll::Ready(Err(e)) => self.failed = Some(e),
-            Poll::Pending => self.stalled = true,
-        }
-        if let Some(w) = &self.owner {
-            w.wake_by_ref();
+    /// [`Self::poll_send`] for the connection's own task: a failure is returned, and
+    /// recorded for the calls after it.
+    fn poll_send_own(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match std::task::ready!(self.poll_send(cx)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(e) => {
+                self.broken = Some(e.kind());
+                self.out = Vec::new();
+                Poll::Ready(Err(e))
+            }
         }
     }
 
-    /// Whether the connection's task must send for itself: the writes are not held, or
-    /// a send for it stalled or failed.
-    fn sends_itself(&self, hold: bool) -> bool {
-        !hold || self.stalled || self.failed.is_some()
+    /// Sends what is held, for its round's sending task. Returns whether the send
+    /// stalled (a task must be started to finish it).
+    fn send_held(&mut self) -> bool {
+        self.queued = None;
+        if self.stalled {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.poll_send(&mut cx) {
+            Poll::Ready(Ok(())) => false,
+            Poll::Ready(Err(e)) => {
+                self.fail(e);
+                false
+            }
+            Poll::Pending => {
+                self.stalled = true;
+                true
+            }
+        }
     }
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Batched<I> {
+impl<I: AsyncWrite + Unpin + Send + 'static> Batched<I> {
+    /// Queues the connection on its runtime's round, once per round. Without a
+    /// one-thread runtime here to send it later, it is sent now (what cannot go now is
+    /// left to a task of its own).
+    fn queue(&self, mut s: MutexGuard<'_, State<I>>) {
+        if s.queued.as_ref().is_some_and(|r| r.is_alive()) {
+            return;
+        }
+        match Round::current() {
+            Some(round) => {
+                s.queued = Some(round.clone());
+                drop(s);
+                round.push(self.shared.clone());
+            }
+            None => {
+                if s.send_held() {
+                    drop(s);
+                    start_finish(self.shared.clone());
+                }
+            }
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Batched<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut s = self.state();
-        // A send that stalled or failed is this task's now: a connection that waits for
-        // an answer to what it sent would otherwise never finish sending it.
-        if (s.stalled || s.failed.is_some())
-            && let Poll::Ready(Err(e)) = s.poll_send(cx)
-        {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut s.io).poll_read(cx, buf)
+        Pin::new(&mut self.state().io).poll_read(cx, buf)
     }
 }
 
@@ -206,17 +271,36 @@ impl<I: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Batched<I> {
     ) -> Poll<io::Result<usize>> {
         let hold = self.hold;
         let mut s = self.state();
-        let len: usize = bufs.iter().map(|b| b.len()).sum();
-        if s.sends_itself(hold) || s.out.len() + len > HOLD_LIMIT {
-            if !s.out.is_empty() || s.stalled || s.failed.is_some() {
-                std::task::ready!(s.poll_send(cx))?;
-            }
-            if !hold || len > HOLD_LIMIT {
-                return Pin::new(&mut s.io).poll_write_vectored(cx, bufs);
-            }
+        if let Some(e) = s.failure() {
+            return Poll::Ready(Err(e));
         }
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
         if len == 0 {
             return Poll::Ready(Ok(0));
+        }
+        let fits = s.out.len() + len <= HOLD_LIMIT;
+        if s.stalled {
+            // Behind the stalled send, up to the limit.
+            if !fits {
+                s.wait(cx);
+                return Poll::Pending;
+            }
+        } else if !hold || !fits {
+            if !s.out.is_empty() {
+                let sent = s.poll_send_own(cx);
+                if sent.is_pending() {
+                    // A sending task may take the socket over meanwhile.
+                    s.wait(cx);
+                }
+                std::task::ready!(sent)?;
+            }
+            if !hold || len > HOLD_LIMIT {
+                let wrote = Pin::new(&mut s.io).poll_write_vectored(cx, bufs);
+                if wrote.is_pending() {
+                    s.wait(cx);
+                }
+                return wrote;
+            }
         }
         s.out.reserve(len);
         for b in bufs {
@@ -224,7 +308,9 @@ impl<I: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Batched<I> {
         }
         // Queued now, not at the flush: a writer that never flushes (as plain sockets
         // allow) still has its bytes sent.
-        self.queue(s, cx);
+        if !s.stalled {
+            self.queue(s);
+        }
         Poll::Ready(Ok(len))
     }
 
@@ -235,8 +321,15 @@ impl<I: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Batched<I> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let hold = self.hold;
         let mut s = self.state();
-        if s.out.is_empty() || s.sends_itself(hold) {
-            return s.poll_send(cx);
+        if let Some(e) = s.failure() {
+            return Poll::Ready(Err(e));
+        }
+        if s.stalled {
+            s.wait(cx);
+            return Poll::Pending;
+        }
+        if s.out.is_empty() || !hold {
+            return s.poll_send_own(cx);
         }
         // Queued by the write: what is held leaves at the end of the round.
         Poll::Ready(Ok(()))
@@ -244,111 +337,172 @@ impl<I: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Batched<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut s = self.state();
-        std::task::ready!(s.poll_send(cx))?;
+        if let Some(e) = s.failure() {
+            return Poll::Ready(Err(e));
+        }
+        if s.stalled {
+            s.wait(cx);
+            return Poll::Pending;
+        }
+        std::task::ready!(s.poll_send_own(cx))?;
         Pin::new(&mut s.io).poll_shutdown(cx)
     }
 }
 
-/// A connection with bytes held.
+/// A connection with bytes held, as its round sees it.
 trait Held: Send + Sync {
-    fn send_held(&self);
+    /// Sends what is held; a send that stalls is handed to a task of its own.
+    fn send_held(self: Arc<Self>);
 }
 
-impl<I: AsyncWrite + Unpin + Send> Held for Shared<I> {
-    fn send_held(&self) {
-        self.state().send_held();
+impl<I: AsyncWrite + Unpin + Send + 'static> Held for Shared<I> {
+    fn send_held(self: Arc<Self>) {
+        let stalled = self.state().send_held();
+        if stalled {
+            start_finish(self);
+        }
     }
+}
+
+/// Starts the task that finishes a stalled send.
+fn start_finish<I: AsyncWrite + Unpin + Send + 'static>(shared: Arc<Shared<I>>) {
+    match Handle::try_current() {
+        Ok(h) => {
+            h.spawn(tokio::task::unconstrained(finish(shared)));
+        }
+        Err(_) => {
+            // No runtime to run it: the connection's next write, flush or shutdown
+            // reports the send as failed rather than waiting for it forever.
+            let mut s = shared.state();
+            s.stalled = false;
+            s.fail(io::Error::other("no runtime to finish a stalled send"));
+            s.wake_waiter();
+        }
+    }
+}
+
+/// Finishes a stalled send with a waker of its own, then wakes whoever waits for it;
+/// gives up [`LINGER`] after the connection was dropped.
+async fn finish<I: AsyncWrite + Unpin>(shared: Arc<Shared<I>>) {
+    let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        let mut s = shared.state();
+        match s.poll_send(cx) {
+            Poll::Ready(done) => {
+                if let Err(e) = done {
+                    s.fail(e);
+                }
+                s.stalled = false;
+                s.finisher = None;
+                s.wake_waiter();
+                return Poll::Ready(());
+            }
+            Poll::Pending => {}
+        }
+        if !s.dropped {
+            s.finisher = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        drop(s);
+        let sleep = linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
+        sleep.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// One runtime's connections with bytes held, and its sending task.
 struct Round {
     runtime: runtime::Id,
+    /// Cleared when the sending task ends (with its runtime).
+    alive: AtomicBool,
+    inner: Mutex<RoundInner>,
+}
+
+#[derive(Default)]
+struct RoundInner {
     held: Vec<Arc<dyn Held>>,
     /// The sending task's waker while it waits for work.
     sender: Option<Waker>,
-    /// Cleared when the sending task ends (with its runtime).
-    alive: Arc<AtomicBool>,
 }
 
 thread_local! {
-    /// The rounds of the one-thread runtimes run on this thread: one, unless runtimes
-    /// take turns on it.
-    static ROUNDS: RefCell<Vec<Round>> = const { RefCell::new(Vec::new()) };
+    /// The rounds of the one-thread runtimes this thread has written on: one, unless
+    /// runtimes take turns on it.
+    static ROUNDS: RefCell<Vec<Arc<Round>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Puts `held` in the current runtime's round, waking (or starting) its sending task:
-/// false, and nothing queued, when there is no one-thread runtime here to run it.
-fn queue(held: Arc<dyn Held>) -> bool {
-    let Ok(handle) = Handle::try_current() else {
-        return false;
-    };
-    if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
-        return false;
+impl Round {
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
     }
-    let id = handle.id();
-    let start = ROUNDS.with(|rounds| {
-        let mut rounds = rounds.borrow_mut();
-        if let Some(r) = rounds.iter_mut().find(|r| r.runtime == id)
-            && r.alive.load(Ordering::Relaxed)
-        {
-            r.held.push(held);
-            if let Some(w) = r.sender.take() {
-                w.wake();
-            }
+
+    fn inner(&self) -> MutexGuard<'_, RoundInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The round of the one-thread runtime this thread is in, its sending task started
+    /// if need be; none outside such a runtime.
+    fn current() -> Option<Arc<Round>> {
+        let handle = Handle::try_current().ok()?;
+        if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
             return None;
         }
-        // Runtimes that ended leave what they held to this one's sending task.
-        let mut inherited = vec![held];
-        rounds.retain_mut(|r| {
-            let ended = r.runtime == id || !r.alive.load(Ordering::Relaxed);
-            if ended {
-                inherited.append(&mut r.held);
+        let id = handle.id();
+        ROUNDS.with(|rounds| {
+            let mut rounds = rounds.borrow_mut();
+            if let Some(r) = rounds.iter().find(|r| r.runtime == id && r.is_alive()) {
+                return Some(r.clone());
             }
-            !ended
-        });
-        let alive = Arc::new(AtomicBool::new(true));
-        rounds.push(Round {
-            runtime: id,
-            held: inherited,
-            sender: None,
-            alive: alive.clone(),
-        });
-        Some(alive)
-    });
-    if let Some(alive) = start {
-        handle.spawn(sender(id, Alive(alive)));
+            // Rounds whose runtime ended go; what they held went with their task.
+            rounds.retain(|r| r.is_alive());
+            let round = Arc::new(Round {
+                runtime: id,
+                alive: AtomicBool::new(true),
+                inner: Mutex::new(RoundInner::default()),
+            });
+            rounds.push(round.clone());
+            handle.spawn(tokio::task::unconstrained(sender(Alive(round.clone()))));
+            Some(round)
+        })
     }
-    true
+
+    /// Adds a connection, waking the sending task if it waits.
+    fn push(&self, held: Arc<dyn Held>) {
+        let sender = {
+            let mut inner = self.inner();
+            inner.held.push(held);
+            inner.sender.take()
+        };
+        if let Some(w) = sender {
+            w.wake();
+        }
+    }
 }
 
-/// Marks a sending task ended when it is dropped.
-struct Alive(Arc<AtomicBool>);
+/// Marks a round's sending task ended when it is dropped.
+struct Alive(Arc<Round>);
 
 impl Drop for Alive {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Relaxed);
+        self.0.alive.store(false, Ordering::Relaxed);
     }
 }
 
-/// Sends what the connections of `runtime` hold, each time it is woken. Being woken
+/// Sends what the connections of a round hold, each time it is woken. Being woken
 /// puts it behind the tasks the runtime has already woken, so it runs at the end of
-/// their round.
-async fn sender(runtime: runtime::Id, alive: Alive) {
-    let _alive = alive;
+/// their round. It runs unconstrained by tokio's cooperative budget: a round of more
+/// than 128 connections is still sent in one go.
+async fn sender(round: Alive) {
     let mut taken: Vec<Arc<dyn Held>> = Vec::new();
     std::future::poll_fn(|cx| -> Poll<()> {
         loop {
-            ROUNDS.with(|rounds| {
-                let mut rounds = rounds.borrow_mut();
-                if let Some(r) = rounds.iter_mut().find(|r| r.runtime == runtime) {
-                    std::mem::swap(&mut r.held, &mut taken);
-                    if taken.is_empty() {
-                        r.sender = Some(cx.waker().clone());
-                    }
+            {
+                let mut inner = round.0.inner();
+                std::mem::swap(&mut inner.held, &mut taken);
+                if taken.is_empty() {
+                    inner.sender = Some(cx.waker().clone());
+                    return Poll::Pending;
                 }
-            });
-            if taken.is_empty() {
-                return Poll::Pending;
             }
             for h in taken.drain(..) {
                 h.send_held();
@@ -361,6 +515,7 @@ async fn sender(runtime: runtime::Id, alive: Alive) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
     /// What the peer can read now, without waiting.
@@ -483,26 +638,192 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn a_stalled_send_is_finished_by_a_connection_that_only_reads() {
-        // The request does not fit the peer's 8 bytes of room: the sending task stalls,
-        // and the connection, waiting for the answer, must send the rest itself.
+    async fn a_stalled_send_is_finished_without_the_connection_polling_again() {
+        // The request does not fit the peer's 8 bytes of room, and the connection then
+        // waits on something else entirely (as a tunnel whose other side closed, or an
+        // upload waiting for the client's next piece): the rest must still be sent.
         let (a, mut pa) = duplex(8);
-        let upstream = tokio::spawn(async move {
-            let mut request = [0u8; 100];
-            pa.read_exact(&mut request).await.unwrap();
-            pa.write_all(b"answer").await.unwrap();
-            request
-        });
         let mut a = Batched::new(a);
         a.write_all(&[b'r'; 100]).await.unwrap();
         a.flush().await.unwrap();
-        let mut buf = [0u8; 6];
-        tokio::time::timeout(std::time::Duration::from_secs(5), a.read_exact(&mut buf))
+        let mut request = [0u8; 100];
+        tokio::time::timeout(Duration::from_secs(5), pa.read_exact(&mut request))
             .await
             .expect("the whole request was sent")
             .unwrap();
-        assert_eq!(&buf, b"answer");
-        assert_eq!(upstream.await.unwrap(), [b'r'; 100]);
+        assert_eq!(request, [b'r'; 100]);
+        // The connection still works once the stall is over.
+        a.write_all(b"next").await.unwrap();
+        a.flush().await.unwrap();
+        let mut next = [0u8; 4];
+        pa.read_exact(&mut next).await.unwrap();
+        assert_eq!(&next, b"next");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn writes_wait_behind_a_stalled_send_once_the_limit_is_held() {
+        let (a, mut pa) = duplex(8);
+        let mut a = Batched::new(a);
+        let mut want = Vec::new();
+        // Three times the limit, in pieces: the writer is held back, never refused, and
+        // the reader gets everything in order.
+        let writer = async {
+            for i in 0..(3 * HOLD_LIMIT / 1000) {
+                let piece = vec![(i % 251) as u8; 1000];
+                a.write_all(&piece).await.unwrap();
+                want.extend_from_slice(&piece);
+            }
+            a.shutdown().await.unwrap();
+        };
+        let mut got = Vec::new();
+        let reader = pa.read_to_end(&mut got);
+        let (_, read) = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(writer, reader)
+        })
+        .await
+        .expect("no hang");
+        read.unwrap();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_round_of_many_connections_is_sent_in_one_go() {
+        // More connections than tokio's cooperative budget (128 operations per poll).
+        let mut conns = Vec::new();
+        let mut peers = Vec::new();
+        for _ in 0..300 {
+            let (a, pa) = duplex(64);
+            let mut a = Batched::new(a);
+            a.write_all(b"hello").await.unwrap();
+            conns.push(a);
+            peers.push(pa);
+        }
+        tokio::task::yield_now().await;
+        // Checked outside the budget too: these reads count against this task's.
+        tokio::task::unconstrained(async {
+            for (i, pa) in peers.iter_mut().enumerate() {
+                assert_eq!(readable_now(pa), b"hello", "connection {i}");
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn after_a_failed_send_what_the_peer_sent_is_still_read() {
+        // An upstream that answers early (413, say) and closes while the request is
+        // still going out: its answer must be read, not the send's error.
+        let (a, mut pa) = duplex(1024);
+        let mut a = Batched::new(a);
+        a.write_all(b"POST / HTTP/1.1\r\n").await.unwrap();
+        pa.write_all(b"HTTP/1.1 413 Too Large\r\n\r\n")
+            .await
+            .unwrap();
+        drop(pa);
+        tokio::task::yield_now().await;
+        assert_eq!(
+            a.write_all(b"body").await.unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+        let mut answer = String::new();
+        a.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer, "HTTP/1.1 413 Too Large\r\n\r\n");
+        // The connection stays broken for writes.
+        assert!(a.flush().await.is_err());
+    }
+
+    /// A stream that sends only when flushed, as a TLS stream may.
+    struct SendsOnFlush {
+        inner: DuplexStream,
+        pending: Vec<u8>,
+    }
+
+    impl AsyncWrite for SendsOnFlush {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.pending.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = &mut *self;
+            while !this.pending.is_empty() {
+                let n = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, &this.pending))?;
+                this.pending.drain(..n);
+            }
+            Pin::new(&mut this.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stream_that_sends_on_flush_is_flushed_by_the_round() {
+        let (a, mut pa) = duplex(1024);
+        let mut a = Batched::new(SendsOnFlush {
+            inner: a,
+            pending: Vec::new(),
+        });
+        a.write_all(b"sealed").await.unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(readable_now(&mut pa), b"sealed");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_from_a_blocking_thread_of_the_runtime_is_sent() {
+        // That thread is in the runtime without running it: the round it queues on
+        // must still be sent by a task of the runtime.
+        let (a, mut pa) = duplex(1024);
+        let mut a = Batched::new(a);
+        let handle = Handle::current();
+        tokio::task::spawn_blocking(move || {
+            handle.block_on(async {
+                a.write_all(b"from aside").await.unwrap();
+            });
+            a
+        })
+        .await
+        .unwrap();
+        let mut got = [0u8; 10];
+        tokio::time::timeout(Duration::from_secs(5), pa.read_exact(&mut got))
+            .await
+            .expect("sent")
+            .unwrap();
+        assert_eq!(&got, b"from aside");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_dropped_during_a_stalled_send_still_has_it_sent() {
+        let (a, mut pa) = duplex(8);
+        let mut a = Batched::new(a);
+        a.write_all(&[b'z'; 100]).await.unwrap();
+        tokio::task::yield_now().await;
+        drop(a);
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), pa.read_to_end(&mut got))
+            .await
+            .expect("sent, then closed")
+            .unwrap();
+        assert_eq!(got, [b'z'; 100]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stalled_send_of_a_dropped_connection_is_given_up_after_the_linger() {
+        let (a, mut pa) = duplex(8);
+        let mut a = Batched::new(a);
+        a.write_all(&[b'z'; 100]).await.unwrap();
+        tokio::task::yield_now().await;
+        drop(a);
+        // The peer never reads: past the linger the socket is closed.
+        tokio::time::sleep(LINGER + Duration::from_millis(200)).await;
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), pa.read_to_end(&mut got))
+            .await
+            .expect("closed after the linger")
+            .unwrap();
+        assert_eq!(got, [b'z'; 8], "what fitted, then the end");
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -523,7 +844,7 @@ mod tests {
         b.flush().await.unwrap();
         drop(b);
         let mut got = Vec::new();
-        tokio::time::timeout(std::time::Duration::from_secs(5), pb.read_to_end(&mut got))
+        tokio::time::timeout(Duration::from_secs(5), pb.read_to_end(&mut got))
             .await
             .expect("the peer sees the end")
             .unwrap();
@@ -547,7 +868,7 @@ mod tests {
                 let mut a = Batched::new(a);
                 a.write_all(b"turn").await.unwrap();
                 let mut got = [0u8; 4];
-                tokio::time::timeout(std::time::Duration::from_secs(5), pa.read_exact(&mut got))
+                tokio::time::timeout(Duration::from_secs(5), pa.read_exact(&mut got))
                     .await
                     .unwrap_or_else(|_| panic!("turn {turn}: never sent"))
                     .unwrap();

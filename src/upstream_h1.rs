@@ -859,6 +859,65 @@ mod tests {
         assert_eq!(r.unwrap().0.framing, Framing::Empty);
     }
 
+    /// An upstream that reads the start of the request, answers 413 and closes.
+    fn refusing_upstream(mut theirs: DuplexStream) -> tokio::task::JoinHandle<[u8; 64]> {
+        tokio::spawn(async move {
+            let mut start = [0u8; 64];
+            theirs.read_exact(&mut start).await.unwrap();
+            theirs
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            start
+        })
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_early_answer_is_read_though_the_body_cannot_be_sent() {
+        // Through the write batching of the gateway's upstream connections: the
+        // upstream's answer is the response, not the failed send. One body large enough
+        // to be written directly, one streamed in pieces that are held and stall.
+        let pieces = || {
+            let chunks = (0..50).map(|_| {
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![
+                    b'x';
+                    4096
+                ])))
+            });
+            http_body_util::Either::Right(http_body_util::StreamBody::new(
+                futures_util::stream::iter(chunks),
+            ))
+        };
+        let bodies = [
+            http_body_util::Either::Left(Full::new(Bytes::from(vec![b'x'; 200_000]))),
+            pieces(),
+        ];
+        for body in bodies {
+            let (ours, theirs) = tokio::io::duplex(256);
+            let mut conn = Conn::new(crate::batched_io::Batched::new(ours));
+            let upstream = refusing_upstream(theirs);
+            let mut req = http::Request::builder()
+                .method(Method::POST)
+                .uri("/upload")
+                .header("host", "up")
+                .body(body)
+                .unwrap();
+            let head =
+                tokio::time::timeout(std::time::Duration::from_secs(5), conn.exchange(&mut req))
+                    .await
+                    .expect("no hang")
+                    .unwrap();
+            assert_eq!(head.response.status, 413);
+            assert!(!head.reusable);
+            assert!(
+                upstream
+                    .await
+                    .unwrap()
+                    .starts_with(b"POST /upload HTTP/1.1\r\n")
+            );
+        }
+    }
+
     #[tokio::test]
     async fn chunked_answers_with_extensions_and_trailers() {
         let (ours, mut theirs) = tokio::io::duplex(1024);
