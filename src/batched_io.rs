@@ -552,6 +552,23 @@ mod tests {
         }
     }
 
+    fn one_thread_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Reads `n` bytes from the peer, failing the test after 5 s.
+    async fn read_exactly(peer: &mut DuplexStream, n: usize, what: &str) -> Vec<u8> {
+        let mut got = vec![0u8; n];
+        tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not sent"))
+            .unwrap();
+        got
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn writes_of_several_connections_leave_together_after_the_round() {
         let (a, mut pa) = duplex(1024);
@@ -673,12 +690,7 @@ mod tests {
         let mut a = Batched::new(a);
         a.write_all(&[b'r'; 100]).await.unwrap();
         a.flush().await.unwrap();
-        let mut request = [0u8; 100];
-        tokio::time::timeout(Duration::from_secs(5), pa.read_exact(&mut request))
-            .await
-            .expect("the whole request was sent")
-            .unwrap();
-        assert_eq!(request, [b'r'; 100]);
+        assert_eq!(read_exactly(&mut pa, 100, "the request").await, [b'r'; 100]);
         // The connection still works once the stall is over.
         a.write_all(b"next").await.unwrap();
         a.flush().await.unwrap();
@@ -814,12 +826,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let mut got = [0u8; 10];
-        tokio::time::timeout(Duration::from_secs(5), pa.read_exact(&mut got))
-            .await
-            .expect("sent")
-            .unwrap();
-        assert_eq!(&got, b"from aside");
+        assert_eq!(read_exactly(&mut pa, 10, "the write").await, b"from aside");
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -862,13 +869,7 @@ mod tests {
 
     #[test]
     fn a_stalled_send_whose_runtime_ended_fails_instead_of_waiting() {
-        let rt = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-        };
-        let first = rt();
+        let first = one_thread_runtime();
         let (mut a, pa) = first.block_on(async {
             let (a, pa) = duplex(8);
             let mut a = Batched::new(a);
@@ -878,7 +879,7 @@ mod tests {
         });
         // Its sending tasks end with it, the one finishing this send among them.
         drop(first);
-        rt().block_on(async {
+        one_thread_runtime().block_on(async {
             let flushed = tokio::time::timeout(Duration::from_secs(5), a.flush())
                 .await
                 .expect("no hang");
@@ -916,24 +917,14 @@ mod tests {
     fn runtimes_taking_turns_on_one_thread_each_send_their_own() {
         // The first runtime's sending task lives on while the second runs, but only
         // its own runtime polls it: the second needs one of its own.
-        let rt = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-        };
-        let (first, second) = (rt(), rt());
+        let (first, second) = (one_thread_runtime(), one_thread_runtime());
         for (turn, rt) in [&first, &second, &first].into_iter().enumerate() {
             rt.block_on(async {
                 let (a, mut pa) = duplex(64);
                 let mut a = Batched::new(a);
                 a.write_all(b"turn").await.unwrap();
-                let mut got = [0u8; 4];
-                tokio::time::timeout(Duration::from_secs(5), pa.read_exact(&mut got))
-                    .await
-                    .unwrap_or_else(|_| panic!("turn {turn}: never sent"))
-                    .unwrap();
-                assert_eq!(&got, b"turn");
+                let got = read_exactly(&mut pa, 4, &format!("turn {turn}")).await;
+                assert_eq!(got, b"turn");
             });
         }
     }
