@@ -559,6 +559,16 @@ mod tests {
             .unwrap()
     }
 
+    /// Reads from the peer to its end, failing the test after 5 s.
+    async fn read_to_the_end(peer: &mut DuplexStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut got))
+            .await
+            .expect("the peer sees the end")
+            .unwrap();
+        got
+    }
+
     /// Reads `n` bytes from the peer, failing the test after 5 s.
     async fn read_exactly(peer: &mut DuplexStream, n: usize, what: &str) -> Vec<u8> {
         let mut got = vec![0u8; n];
@@ -838,11 +848,7 @@ mod tests {
         drop(a);
         // The peer had not read: it gets what could go without waiting, then the end;
         // the socket is not kept open for the rest.
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), pa.read_to_end(&mut got))
-            .await
-            .expect("closed")
-            .unwrap();
+        let got = read_to_the_end(&mut pa).await;
         assert!((8..100).contains(&got.len()), "{} bytes", got.len());
         assert!(got.iter().all(|&b| b == b'z'));
     }
@@ -905,12 +911,7 @@ mod tests {
         b.write_all(b"held").await.unwrap();
         b.flush().await.unwrap();
         drop(b);
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), pb.read_to_end(&mut got))
-            .await
-            .expect("the peer sees the end")
-            .unwrap();
-        assert_eq!(got, b"held");
+        assert_eq!(read_to_the_end(&mut pb).await, b"held");
     }
 
     #[test]
